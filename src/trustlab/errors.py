@@ -1,0 +1,40 @@
+"""The exceptions trustlab raises on purpose.
+
+Bad values get a plain ``ValueError``/``TypeError`` naming the value; these classes mark failures that a
+caller may want to catch as a group.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TrustlabError",
+    "CheckpointError",
+    "DataError",
+    "MissingDependencyError",
+    "NumericalError",
+    "UnsupportedLayerError",
+]
+
+
+class TrustlabError(Exception):
+    """Base class of every error trustlab raises on purpose."""
+
+
+class CheckpointError(TrustlabError):
+    """A checkpoint is missing, incomplete, corrupt, tampered with, or for another architecture."""
+
+
+class DataError(TrustlabError):
+    """A dataset file is missing, truncated, corrupt, or fails its checksum."""
+
+
+class MissingDependencyError(TrustlabError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class NumericalError(TrustlabError, ArithmeticError):
+    """NaN or Inf appeared in logits or a loss (the message gives the step)."""
+
+
+class UnsupportedLayerError(TrustlabError, TypeError):
+    """A certifier met a layer it cannot bound soundly."""

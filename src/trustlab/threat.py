@@ -1,0 +1,137 @@
+"""The threat model: an l_p ball intersected with the input box.
+
+``LpBall(eps, p, lower, upper)`` is the set ``{x' : ||x' - x||_p <= eps, lower <= x' <= upper}``. It is a
+frozen value shared by attacks, training, certification and reports; a norm is just the few operations below,
+so the PGD loop is written once (cf. foolbox ``gradient_descent_base.py``, cleverhans ``optimize_linear``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["LpBall", "parse_p"]
+
+_SUPPORTED_P = (math.inf, 2.0)
+_TINY = 1e-12
+
+
+def parse_p(p: float | int | str) -> float:
+    """Turn ``"inf"``, ``"linf"``, ``2``, ``"l2"`` into ``math.inf`` or ``2.0`` (CLI boundary helper)."""
+    if isinstance(p, str):
+        key = p.strip().lower().removeprefix("l")
+        if key in ("inf", "infty", "infinity"):
+            return math.inf
+        try:
+            p = float(key)
+        except ValueError:
+            raise ValueError(f"p must be 'inf' or 2, got {p!r}") from None
+    p = float(p)
+    if p not in _SUPPORTED_P:
+        raise ValueError(f"p must be inf or 2, got {p}")
+    return p
+
+
+@dataclass(frozen=True)
+class LpBall:
+    """``{x' : ||x' - x||_p <= eps} ∩ [lower, upper]^d``, the perturbation set of one example.
+
+    Args:
+        eps: radius of the ball, ``>= 0`` and finite. ``eps = 0`` makes every attack the identity.
+        p: ``math.inf`` or ``2.0``.
+        lower: smallest valid input value (the box), or ``None`` for no lower limit.
+        upper: largest valid input value, or ``None``.
+
+    Shapes:
+        Every method takes batches ``(N, *D)``; norms are taken per example over ``*D``.
+    """
+
+    eps: float
+    p: float = math.inf
+    lower: float | None = 0.0
+    upper: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+            raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+        if not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps must be finite and >= 0, got {eps}")
+        object.__setattr__(self, "eps", float(eps))
+        object.__setattr__(self, "p", parse_p(self.p))
+        for name in ("lower", "upper"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number or None, got {v!r}")
+        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
+            raise ValueError(f"lower must be < upper, got lower={self.lower}, upper={self.upper}")
+
+    # -- norms ---------------------------------------------------------------------------------------
+    def norm(self, delta: Tensor) -> Tensor:
+        """Per-example ``||delta||_p``: ``(N, *D) -> (N,)``."""
+        flat = delta.flatten(1)
+        if self.p == math.inf:
+            return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+        return flat.norm(p=2, dim=1)
+
+    def clip_to_box(self, x_adv: Tensor) -> Tensor:
+        """Clamp to ``[lower, upper]`` (no-op for a side that is ``None``)."""
+        if self.lower is None and self.upper is None:
+            return x_adv
+        return x_adv.clamp(min=self.lower, max=self.upper)
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Map ``x_adv`` into the ball around ``x``, then into the box.
+
+        For p = inf this is the exact Euclidean projection onto the intersection (both are boxes). For p = 2
+        the ball projection followed by clipping stays feasible (clipping toward the box never leaves a ball
+        whose centre lies in the box), which is what PGD needs.
+        """
+        delta = x_adv - x
+        if self.p == math.inf:
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            n = self.norm(delta).clamp_min(_TINY)
+            factor = (self.eps / n).clamp(max=1.0)
+            delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+        return self.clip_to_box(x + delta)
+
+    def random_init(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """A random point of the ball around ``x`` (uniform in the l_inf cube, uniform in the l_2 ball), in the box."""
+        shape, dev, dt = x.shape, x.device, x.dtype
+        if self.p == math.inf:
+            u = torch.rand(shape, generator=generator, device=dev, dtype=dt)
+            delta = (2 * u - 1) * self.eps
+        else:
+            g = torch.randn(shape, generator=generator, device=dev, dtype=dt)
+            direction = g / self.norm(g).clamp_min(_TINY).view(-1, *([1] * (x.dim() - 1)))
+            d = x[0].numel()
+            r = torch.rand(shape[0], generator=generator, device=dev, dtype=dt) ** (1.0 / max(d, 1))
+            delta = direction * (self.eps * r).view(-1, *([1] * (x.dim() - 1)))
+        return self.clip_to_box(x + delta)
+
+    def ascent_direction(self, grad: Tensor) -> Tensor:
+        """``argmax_{||d||_p <= 1} <d, grad>``: ``sign(grad)`` for p = inf, ``grad / ||grad||_2`` for p = 2."""
+        if self.p == math.inf:
+            return grad.sign()
+        n = self.norm(grad).clamp_min(_TINY)
+        return grad / n.view(-1, *([1] * (grad.dim() - 1)))
+
+    def contains(self, x_adv: Tensor, x: Tensor, *, atol: float = 1e-6) -> Tensor:
+        """``(N,)`` bool: ``x_adv`` lies in the ball (up to ``atol``, relative for p = 2) and exactly in the box."""
+        tol = atol if self.p == math.inf else atol * max(self.eps, 1.0)
+        inside = self.norm(x_adv - x) <= self.eps + tol
+        flat = x_adv.flatten(1)
+        if self.lower is not None:
+            inside &= (flat >= self.lower).all(dim=1)
+        if self.upper is not None:
+            inside &= (flat <= self.upper).all(dim=1)
+        return inside
+
+    def box(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Elementwise bounds containing the set: exact for p = inf, an outer box for p = 2."""
+        lo, hi = x - self.eps, x + self.eps
+        return self.clip_to_box(lo), self.clip_to_box(hi)
