@@ -1,0 +1,145 @@
+"""Tests of trustlab.data splits and loaders: seeded, disjoint, fingerprinted, no global RNG."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import pytest
+import torch
+
+from trustlab.data import Splits, load_dataset, make_loader, make_splits
+from trustlab.data.splits import carve_indices, fingerprint_of
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv("TRUSTLAB_DATA", raising=False)
+
+
+def rows(x: torch.Tensor, y: torch.Tensor) -> Counter:
+    """The multiset of (pixels, label) examples."""
+    return Counter(zip(map(tuple, x.flatten(1).tolist()), y.tolist()))
+
+
+def test_digits_default_sizes():
+    splits = make_splits("digits")
+    assert isinstance(splits, Splits) and splits.info.name == "digits" and splits.seed == 0
+    assert [len(s[0]) for s in (splits.train, splits.val, splits.test)] == [1293, 144, 360]  # val = 10% of 1437
+    for x, y in (splits.train, splits.val, splits.test):
+        assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert len(splits.fingerprint) == 64 and int(splits.fingerprint, 16) >= 0
+
+
+def test_val_is_carved_from_train_without_overlap():
+    train_idx, val_idx = carve_indices(100, 30, torch.Generator().manual_seed(3))
+    assert len(train_idx) == 70 and len(val_idx) == 30
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())
+    assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(100))
+    # End to end: train + val is exactly the official training part, and the test part is untouched.
+    splits = make_splits("digits", seed=5)
+    full = load_dataset("digits", "train")
+    assert rows(*splits.train) + rows(*splits.val) == rows(*full)
+    assert torch.equal(splits.test[0], load_dataset("digits", "test")[0])
+
+
+def test_same_seed_is_deterministic_and_different_seeds_differ():
+    a, b, c = make_splits("digits", seed=1), make_splits("digits", seed=1), make_splits("digits", seed=2)
+    for part in ("train", "val", "test"):
+        assert torch.equal(getattr(a, part)[0], getattr(b, part)[0])
+        assert torch.equal(getattr(a, part)[1], getattr(b, part)[1])
+    assert a.fingerprint == b.fingerprint
+    assert not torch.equal(a.val[0], c.val[0]) and a.fingerprint != c.fingerprint
+
+
+def test_fingerprint_covers_all_splits():
+    s = make_splits("digits", subset=40)
+    assert s.fingerprint == fingerprint_of(s.train, s.val, s.test)
+    y = s.test[1].clone()
+    y[0] = (y[0] + 1) % 10
+    assert fingerprint_of(s.train, s.val, (s.test[0], y)) != s.fingerprint
+
+
+def test_subset_sizes_and_membership():
+    small = make_splits("digits", subset=50, seed=4)
+    assert [len(p[0]) for p in (small.train, small.val, small.test)] == [50, 50, 50]
+    assert small.train[0].shape == (50, 1, 8, 8)
+    full = make_splits("digits", seed=4)
+    # Subsets come from the same seeded carving: subset train/val lie inside the full train/val.
+    assert not rows(*small.train) - rows(*full.train)
+    assert not rows(*small.val) - rows(*full.val)
+    assert not rows(*small.test) - rows(*full.test)
+    big = make_splits("digits", subset=1000)
+    assert [len(p[0]) for p in (big.train, big.val, big.test)] == [1000, 144, 360]
+    again = make_splits("digits", subset=50, seed=4)
+    assert torch.equal(again.test[0], small.test[0]) and again.fingerprint == small.fingerprint
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "10", True])
+def test_bad_subset_values_raise_valueerror(bad):
+    with pytest.raises(ValueError, match=r"subset must be an int >= 1, got"):
+        make_splits("digits", subset=bad)
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"val_size": 0}, r"val_size must be an int >= 1, got 0"),
+    ({"val_size": 1.5}, r"val_size must be an int >= 1, got 1.5"),
+    ({"seed": -1}, r"seed must be an int >= 0, got -1"),
+    ({"seed": "0"}, r"seed must be an int >= 0, got '0'"),
+])
+def test_bad_val_size_and_seed_raise_valueerror(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make_splits("digits", **kwargs)
+
+
+def test_inp10_val_size_leaving_no_training_data_raises():
+    with pytest.raises(ValueError, match=r"dataset is empty: val_size=1437 leaves no training examples"):
+        make_splits("digits", val_size=1437)
+    assert len(make_splits("digits", val_size=1436).train[0]) == 1
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist2'; choose one of \['cifar10', 'digits'"):
+        make_splits("mnist2")
+
+
+def test_splits_are_frozen_and_leave_global_rng_alone():
+    state = torch.get_rng_state()
+    splits = make_splits("digits", subset=20)
+    assert torch.equal(state, torch.get_rng_state())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        splits.seed = 3
+
+
+def test_mnist_splits_from_shared_data(shared_data_root):
+    splits = make_splits("mnist", root=shared_data_root, download=False, subset=100, seed=0)
+    assert [len(p[0]) for p in (splits.train, splits.val, splits.test)] == [100, 100, 100]
+    full = make_splits("mnist", root=shared_data_root, download=False)
+    assert [len(p[0]) for p in (full.train, full.val, full.test)] == [55000, 5000, 10000]
+    assert full.test[1][:5].tolist() == [7, 2, 1, 0, 4]
+
+
+# ---------------------------------------------------------------- make_loader
+
+
+def test_loader_batches_and_seeded_shuffle():
+    x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
+    batches = list(make_loader(x, y, batch_size=4, shuffle=False))
+    assert [len(b[0]) for b in batches] == [4, 4, 2] and batches[0][1].tolist() == [0, 1, 2, 3]
+
+    def order(seed):
+        loader = make_loader(x, y, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        return torch.cat([b[1] for b in loader]).tolist()
+
+    assert order(0) == order(0) and sorted(order(0)) == list(range(10)) and order(0) != order(1)
+
+
+def test_inp01_loader_rejects_bad_arguments():
+    x, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        make_loader(x, y, batch_size=0, shuffle=False)
+    with pytest.raises(ValueError, match="same length, got 4 and 3"):
+        make_loader(x, y[:3], batch_size=2, shuffle=False)
+    with pytest.raises(ValueError, match="shuffle=True needs a torch.Generator"):
+        make_loader(x, y, batch_size=2, shuffle=True)
