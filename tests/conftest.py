@@ -7,6 +7,10 @@ through trustlab.data (which has its own tests).
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +95,66 @@ def linear_binary() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     x = 0.3 + 0.4 * torch.rand(64, 16, generator=g)
     y = lin(x).argmax(1).detach()
     return lin.eval(), x, y
+
+
+# -- headless Chromium (report rendering tests) ------------------------------------------------------
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+CONSOLE = re.compile(r":CONSOLE\(|:CONSOLE:|Uncaught|console\.error|Refused to", re.IGNORECASE)
+
+
+def _find_chromium() -> str | None:
+    if Path("/usr/bin/chromium").exists():
+        return "/usr/bin/chromium"
+    return next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium binary; installed with apt-get (once per session, as root, unless TRUSTLAB_INSTALL_CHROMIUM=0)."""
+    found = _find_chromium()
+    if found:
+        return found
+    if os.environ.get("TRUSTLAB_INSTALL_CHROMIUM", "1") == "0":
+        pytest.skip("chromium not found and TRUSTLAB_INSTALL_CHROMIUM=0")
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("chromium not found; install it (apt-get install chromium) or run the tests as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    deadline = time.monotonic() + 300
+    install = ["apt-get", "install", "-y", "chromium"]
+    for cmd in (install, ["apt-get", "update"], install):  # update only when the first install fails
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, timeout=left, check=False)
+        except subprocess.TimeoutExpired:
+            break
+        if cmd[1] == "install" and done.returncode == 0:
+            break
+    found = _find_chromium()
+    if not found:
+        pytest.skip("chromium could not be installed with apt-get within 300 s")
+    return found
+
+
+def _render(chromium: str, page: Path, tmp: Path) -> tuple[str, list[str]]:
+    """The DOM Chromium rendered from ``page`` and the console lines it logged."""
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chromium-profile'}", "--enable-logging=stderr",
+           "--v=0", "--dump-dom", page.resolve().as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "HOME": str(tmp)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, [line for line in done.stderr.splitlines() if CONSOLE.search(line)]
+
+
+
+
+@pytest.fixture(scope="session")
+def render_in_chromium(chromium):
+    """``(page, tmp) -> (dom, console_lines)``: the page rendered by headless Chromium."""
+    return lambda page, tmp: _render(chromium, page, tmp)
 
 
 def pytest_configure(config):

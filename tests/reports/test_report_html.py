@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -216,69 +212,18 @@ def test_html_helpers_escape_and_check_inputs():
 
 # --- headless Chromium ---------------------------------------------------------------------------------------
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-CONSOLE = re.compile(r":CONSOLE\(|:CONSOLE:|Uncaught|console\.error|Refused to", re.IGNORECASE)
-
-
-def _find_chromium() -> str | None:
-    if Path("/usr/bin/chromium").exists():
-        return "/usr/bin/chromium"
-    return next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """The Chromium binary; installed with apt-get (once per session, as root, unless TRUSTLAB_INSTALL_CHROMIUM=0)."""
-    found = _find_chromium()
-    if found:
-        return found
-    if os.environ.get("TRUSTLAB_INSTALL_CHROMIUM", "1") == "0":
-        pytest.skip("chromium not found and TRUSTLAB_INSTALL_CHROMIUM=0")
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("chromium not found; install it (apt-get install chromium) or run the tests as root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    deadline = time.monotonic() + 300
-    install = ["apt-get", "install", "-y", "chromium"]
-    for cmd in (install, ["apt-get", "update"], install):  # update only when the first install fails
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            done = subprocess.run(cmd, env=env, capture_output=True, timeout=left, check=False)
-        except subprocess.TimeoutExpired:
-            break
-        if cmd[1] == "install" and done.returncode == 0:
-            break
-    found = _find_chromium()
-    if not found:
-        pytest.skip("chromium could not be installed with apt-get within 300 s")
-    return found
-
-
-def render(chromium: str, page: Path, tmp: Path) -> tuple[str, list[str]]:
-    """The DOM Chromium rendered from ``page`` and the console lines it logged."""
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chromium-profile'}", "--enable-logging=stderr",
-           "--v=0", "--dump-dom", page.resolve().as_uri()]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "HOME": str(tmp)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout, [line for line in done.stderr.splitlines() if CONSOLE.search(line)]
-
-
-def test_chromium_detects_console_errors(chromium, tmp_path):
+def test_chromium_detects_console_errors(render_in_chromium, tmp_path):
     """The harness itself: a page that logs an error is caught (so a clean report's silence means something)."""
     bad = tmp_path / "bad.html"
     bad.write_text("<!DOCTYPE html><html><body><p id='x'>x</p><script>console.error('boom'); nope();</script>"
                    "</body></html>")
-    dom, console = render(chromium, bad, tmp_path)
+    dom, console = render_in_chromium(bad, tmp_path)
     assert 'id="x"' in dom and any("boom" in c for c in console) and any("Uncaught" in c for c in console)
 
 
-def test_report_renders_in_chromium_without_console_errors(chromium, runs, tmp_path):
+def test_report_renders_in_chromium_without_console_errors(render_in_chromium, runs, tmp_path):
     page = build_report(runs, tmp_path / "report")
-    dom, console = render(chromium, page, tmp_path)
+    dom, console = render_in_chromium(page, tmp_path)
     assert console == []
     for sid in SECTION_IDS:
         assert f'id="{sid}"' in dom

@@ -1,0 +1,40 @@
+"""Adversarial attacks: functions (the algorithms) and frozen dataclasses (their configurations).
+
+``fgsm`` and ``pgd`` work on any differentiable classifier; ``linear_attack`` is the closed-form worst case of a
+linear one. Every attack takes ``(model, x, y, threat)`` with an :class:`trustlab.LpBall` threat, returns
+``x_adv`` of the shape, dtype and device of ``x``, never mutates its inputs or the model, and takes its
+randomness from a ``generator``. ``attack_batched`` runs a configured attack over many examples and clips the
+result into the threat model itself.
+"""
+
+from __future__ import annotations
+
+from trustlab.attacks.base import eval_mode
+from trustlab.attacks.evaluate import attack_batched, predict
+from trustlab.attacks.fgsm import FGSM, fgsm
+from trustlab.attacks.linear import Linear, linear_attack
+from trustlab.attacks.losses import LOSSES, cross_entropy, get_loss, is_adversarial, margin, objective
+from trustlab.attacks.pgd import PGD, default_step_size, pgd
+from trustlab.attacks.registry import ATTACKS, Attack, build_attack
+
+__all__ = [
+    "fgsm",
+    "pgd",
+    "linear_attack",
+    "FGSM",
+    "PGD",
+    "Linear",
+    "ATTACKS",
+    "Attack",
+    "build_attack",
+    "cross_entropy",
+    "margin",
+    "LOSSES",
+    "get_loss",
+    "objective",
+    "is_adversarial",
+    "default_step_size",
+    "predict",
+    "attack_batched",
+    "eval_mode",
+]

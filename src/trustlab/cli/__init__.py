@@ -1,0 +1,1 @@
+"""The ``trustlab`` command line: thin parsing around library calls."""

@@ -1,0 +1,43 @@
+"""Options from a TOML file (``--config``) merged under command-line flags.
+
+Keys are the dataclass field names (dashes or underscores). Unknown keys are an error listing the valid ones;
+values are data, never code: a config can only name registry entries.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["load_toml", "merge_options"]
+
+
+def load_toml(path: str | Path, *, section: str | None = None) -> dict[str, Any]:
+    """Read a TOML file; with ``section``, use that table if present (e.g. ``[train]``), else the top level."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"invalid config {path}: {e}") from None
+    if section is not None and isinstance(data.get(section), dict):
+        data = data[section]
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def merge_options(defaults_from_file: dict[str, Any], flags: dict[str, Any], valid: list[str]) -> dict[str, Any]:
+    """File values, overridden by flags that were given (not ``None``); unknown keys raise ``ValueError``."""
+    unknown = sorted(set(defaults_from_file) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; valid keys: {valid}")
+    merged = dict(defaults_from_file)
+    merged.update({k: v for k, v in flags.items() if v is not None and k in valid})
+    return merged

@@ -1,0 +1,121 @@
+"""``trustlab attack``: attack a trained run's model on its test split and write per-example records.
+
+Each evaluation lands in ``RUN/attacks/<id>/`` with ``config.json`` (every attack hyperparameter, the threat
+model, the seed, versions), ``records.jsonl`` and ``summary.json``; the run's own ``summary.json`` is not touched.
+The framework, not the attack, decides success: ``x_adv`` is clipped into the ball and the box again and the
+prediction recomputed (EVAL-02).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from safetensors.torch import save
+
+from trustlab.atomic import atomic_write_bytes
+from trustlab.attacks import attack_batched, build_attack
+from trustlab.checkpoint import latest_checkpoint, load_checkpoint
+from trustlab.data import make_splits
+from trustlab.reports.records import read_json, versions, write_json, write_records
+from trustlab.seeding import derive_generator
+from trustlab.threat import LpBall
+from trustlab.training.loop import predict_proba
+
+__all__ = ["attack_id", "evaluate_attack", "attack_run"]
+
+
+def attack_id(name: str, threat: LpBall, params: dict[str, Any]) -> str:
+    """A readable folder name, e.g. ``pgd-linf-eps0.3-steps40-restarts5``."""
+    norm = "linf" if threat.p == math.inf else "l2"
+    extra = "".join(f"-{k.replace('_', '')}{v:g}" if isinstance(v, float) else f"-{k.replace('_', '')}{v}"
+                    for k, v in sorted(params.items()) if v is not None)
+    return f"{name}-{norm}-eps{threat.eps:g}{extra}"
+
+
+def evaluate_attack(
+    model: nn.Module, x: Tensor, y: Tensor, attack, *, batch_size: int = 500, seed: int = 0, progress: bool = False
+) -> tuple[list[dict[str, Any]], Tensor]:
+    """Attack ``(x, y)`` in batches; returns one record per example, and ``x_adv``.
+
+    A record holds ``idx, y, pred, correct, adv_pred, adv_correct, robust, dist, confidence, adv_confidence``;
+    ``robust`` is ``correct and adv_correct``: a misclassified point is never counted robust.
+    """
+    gen = derive_generator(seed, 11, device=x.device)
+    clean = predict_proba(model, x, batch_size=batch_size)
+    chunks = []
+    for i in tqdm(range(0, len(x), batch_size), desc="attack", disable=not progress, unit="batch"):
+        chunks.append(attack_batched(attack, model, x[i : i + batch_size], y[i : i + batch_size],
+                                     batch_size=batch_size, generator=gen))
+    x_adv = torch.cat(chunks)
+    adv = predict_proba(model, x_adv, batch_size=batch_size)
+    dist = attack.threat.norm(x_adv - x)
+    conf, pred = clean.max(1)
+    adv_conf, adv_pred = adv.max(1)
+    rows = []
+    for i in range(len(y)):
+        correct, adv_correct = bool(pred[i] == y[i]), bool(adv_pred[i] == y[i])
+        rows.append({"idx": i, "y": int(y[i]), "pred": int(pred[i]), "correct": correct,
+                     "adv_pred": int(adv_pred[i]), "adv_correct": adv_correct, "robust": correct and adv_correct,
+                     "dist": float(dist[i]), "confidence": float(conf[i]), "adv_confidence": float(adv_conf[i])})
+    return rows, x_adv
+
+
+def _example_grid(x: Tensor, x_adv: Tensor, records: list[dict[str, Any]], k: int = 8) -> dict[str, Tensor]:
+    """Up to ``k`` examples for the report's grid, successful attacks first (clean, adversarial, labels)."""
+    broken = [r["idx"] for r in records if r["correct"] and not r["adv_correct"]]
+    taken = set(broken)
+    rest = [r["idx"] for r in records if r["idx"] not in taken]
+    idx = torch.tensor((broken + rest)[:k], dtype=torch.int64)
+    return {"idx": idx, "x": x[idx].contiguous(), "x_adv": x_adv[idx].contiguous()}
+
+
+def attack_run(
+    run_dir: Path, name: str, threat: LpBall, params: dict[str, Any], *,
+    subset: int | None = None, batch_size: int = 500, seed: int = 0, root: str | None = None, progress: bool = True,
+    reuse: bool = False,
+) -> dict[str, Any]:
+    """Load the run's latest checkpoint, attack its test split, and write ``RUN/attacks/<id>/``; returns the summary.
+
+    With ``reuse``, an evaluation already in that folder for the same checkpoint, seed and subset is returned as is.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = latest_checkpoint(run_dir)
+    if ckpt_dir is None:
+        raise FileNotFoundError(f"no valid checkpoint found in {run_dir}")
+    out = run_dir / "attacks" / attack_id(name, threat, params)
+    if reuse and (out / "summary.json").exists():
+        done, cfg = read_json(out / "summary.json"), read_json(out / "config.json")
+        if done.get("checkpoint") == ckpt_dir.name and cfg.get("seed") == seed and cfg.get("subset") == subset:
+            return done
+    model = load_checkpoint(ckpt_dir).model.eval()
+    train_cfg = read_json(run_dir / "config.json")["config"]
+    splits = make_splits(train_cfg["dataset"], root=root or train_cfg.get("root"), val_size=train_cfg.get("val_size"),
+                         seed=train_cfg["seed"], subset=train_cfg.get("subset"))
+    x, y = splits.test
+    if subset is not None:  # a prefix of the run's test split, so record indices agree across evaluations
+        if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
+            raise ValueError(f"subset must be an int >= 1, got {subset!r}")
+        x, y = x[:subset], y[:subset]
+    attack = build_attack(name, threat, **params)
+    t0 = time.perf_counter()
+    records, x_adv = evaluate_attack(model, x, y, attack, batch_size=batch_size, seed=seed, progress=progress)
+    seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(records)
+    summary = {"attack": name, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
+               "robust_acc": sum(r["robust"] for r in records) / n, "seconds": seconds,
+               "checkpoint": ckpt_dir.name}
+    write_json(out / "config.json", {"attack": attack.to_dict(), "name": name, "threat": {
+        "eps": threat.eps, "p": "inf" if threat.p == math.inf else threat.p, "lower": threat.lower,
+        "upper": threat.upper}, "seed": seed, "subset": subset, "run": str(run_dir), "versions": versions()})
+    write_records(out / "records.jsonl", records)
+    atomic_write_bytes(out / "examples.safetensors", save(_example_grid(x, x_adv, records)))
+    write_json(out / "summary.json", summary)
+    return summary

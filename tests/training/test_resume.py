@@ -1,0 +1,107 @@
+"""DATA-04/05/06/09 and AT-04: a SIGKILLed training run resumes to bitwise-identical weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trustlab.checkpoint import latest_checkpoint
+from trustlab.training import TrainConfig, train_run
+
+TRAIN_ARGS = ["--dataset", "digits", "--model", "cnn-small", "--defense", "pgd", "--eps", "0.1", "--pgd-steps", "3",
+              "--epochs", "4", "--batch-size", "50", "--subset", "400", "--seed", "3"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trustlab.cli.main", "--quiet", *args]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(run) / "model.safetensors"))
+
+
+def _epochs_done(run: Path) -> int:
+    p = run / "progress.jsonl"
+    return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+def _kill_after_epochs(run: Path, epochs: int) -> None:
+    proc = subprocess.Popen(_cli("train", *TRAIN_ARGS, "--out", str(run)), stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _epochs_done(run) < epochs and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL: no handler, no cleanup
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ref") / "A"
+    subprocess.run(_cli("train", *TRAIN_ARGS, "--out", str(run)), check=True, stdout=subprocess.DEVNULL)
+    return run
+
+
+@pytest.mark.parametrize("kill_after", [1, 2])
+def test_data04_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path, kill_after):
+    run = tmp_path / "B"
+    _kill_after_epochs(run, kill_after)
+    assert latest_checkpoint(run) is not None
+    subprocess.run(_cli("train", "--out", str(run), "--resume", *TRAIN_ARGS), check=True, stdout=subprocess.DEVNULL)
+    a, b = _weights(reference_run), _weights(run)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (reference_run / "records.jsonl").read_bytes() == (run / "records.jsonl").read_bytes()
+    epochs = [json.loads(line)["epoch"] for line in (run / "progress.jsonl").read_text().splitlines()]
+    # an epoch interrupted after its checkpoint but before its progress line could repeat; none may be missing
+    assert sorted(set(epochs)) == [1, 2, 3, 4]
+
+
+def test_data09_resume_of_complete_run_changes_nothing(reference_run, tmp_path):
+    before = {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()}
+    subprocess.run(_cli("train", "--out", str(reference_run), "--resume", *TRAIN_ARGS), check=True,
+                   stdout=subprocess.DEVNULL)
+    after = {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_data09_refuses_nonempty_out_without_resume(reference_run):
+    r = subprocess.run(_cli("train", *TRAIN_ARGS, "--out", str(reference_run)), capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "--resume" in r.stderr and "Traceback" not in r.stderr
+
+
+def _tiny(**kw) -> TrainConfig:
+    base = dict(dataset="digits", model="mlp", epochs=1, subset=100, batch_size=50, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_data06_resume_guards(tmp_path):
+    with pytest.raises(FileNotFoundError, match="can't find a valid checkpoint"):
+        train_run(_tiny(), tmp_path / "missing", resume=True, progress=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises((ValueError, FileNotFoundError)):
+        train_run(_tiny(), tmp_path / "empty", resume=True, progress=False)
+    run = tmp_path / "run"
+    train_run(_tiny(epochs=2), run, progress=False)
+    with pytest.raises(ValueError, match=r"\['lr'\]"):
+        train_run(_tiny(epochs=2, lr=0.1), run, resume=True, progress=False)
+
+
+def test_data05_missing_state_file_fails_clearly(tmp_path):
+    run = tmp_path / "run"
+    train_run(_tiny(epochs=2), run, progress=False)
+    os.remove(latest_checkpoint(run) / "state.pt")
+    from trustlab.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="incomplete checkpoint"):
+        train_run(_tiny(epochs=3), run, resume=True, force_resume=True, progress=False)
