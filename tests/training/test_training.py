@@ -69,8 +69,10 @@ def test_at02_pgd_training_raises_pgd_accuracy(tmp_path):
     acc = {}
     for defense in ("none", "pgd"):
         run = tmp_path / defense
-        train_run(TrainConfig(dataset="digits", model="cnn-small", defense=defense, eps=eps, epochs=10,
-                              batch_size=50, pgd_steps=5, seed=0), run, progress=False)
+        summary = train_run(TrainConfig(dataset="digits", model="cnn-small", defense=defense, eps=eps, epochs=10,
+                                        batch_size=50, pgd_steps=5, seed=0), run, progress=False)
+        # adversarially trained runs carry the per-epoch PGD check (catastrophic-overfitting guard), others not
+        assert all(("val_pgd_acc" in row) == (defense != "none") for row in summary["history"])
         from trustlab.checkpoint import latest_checkpoint, load_checkpoint
 
         model = load_checkpoint(latest_checkpoint(run)).model

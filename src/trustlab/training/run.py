@@ -87,13 +87,13 @@ def _evaluate(model, splits: Splits, config: TrainConfig) -> dict[str, float]:
     return stats
 
 
-def _robust_check(model, splits: Splits, config: TrainConfig, epoch: int) -> dict[str, float]:
-    """PGD-10 accuracy at the training eps on the first 500 validation examples (the catastrophic-overfitting
-    check of Wong et al. 2020, Sec. 5.3): FGSM-trained accuracy far above it means the model fools FGSM only."""
+def _robust_check(model, splits: Splits, threat: LpBall, config: TrainConfig, epoch: int) -> dict[str, float]:
+    """PGD-10 accuracy at this epoch's training eps on the first 500 validation examples (the catastrophic-
+    overfitting check of Wong et al. 2020, Sec. 5.3): training accuracy on the inner attack far above it means
+    the model has learned to fool that attack, not to resist the threat."""
     if config.defense == "none" or len(splits.val[0]) == 0:
         return {}
     x, y = splits.val[0][:_ROBUST_CHECK_N], splits.val[1][:_ROBUST_CHECK_N]
-    threat = LpBall(config.eps, config.p)
     x_adv = pgd(model, x, y, threat, steps=10, generator=derive_generator(config.seed, epoch, 2))
     return {"val_pgd_acc": accuracy(model, x_adv, y, batch_size=config.eval_batch_size)}
 
@@ -170,7 +170,7 @@ def train_run(
         train_time = time.perf_counter() - t0
         seconds += train_time
         row = {"epoch": epoch + 1, "train_loss": result.loss, "train_acc": result.acc, "train_eps": threat.eps if inner else 0.0,
-               "lr": scheduler.get_last_lr()[0], "epoch_seconds": train_time, **_evaluate(model, splits, config), **_robust_check(model, splits, config, epoch)}
+               "lr": scheduler.get_last_lr()[0], "epoch_seconds": train_time, **_evaluate(model, splits, config), **_robust_check(model, splits, threat, config, epoch)}
         history.append(row)
         state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "history": history, "train_seconds": seconds}
