@@ -184,3 +184,28 @@ def test_load_run_reads_folders_and_names_missing_files(tmp_path):
         load_run(run)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_run(tmp_path / "nowhere")
+
+
+def test_matrix_cell_ignores_evaluations_on_a_subset(tmp_path):
+    """A convergence check run on 2 of 4 examples must not shrink the matrix cell to those 2 examples."""
+    from trustlab.reports.metrics import robustness_matrix
+    from trustlab.reports.runs import load_run
+
+    run = tmp_path / "run"
+    (run / "attacks").mkdir(parents=True)
+    cfg = {"config": {"dataset": "digits", "defense": "pgd", "eps": 0.1, "p": "inf", "seed": 0}}
+    (run / "config.json").write_text(json.dumps(cfg))
+    clean = [{"idx": i, "y": 0, "pred": 0, "correct": True, "confidence": 1.0} for i in range(4)]
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in clean))
+    for name, steps, robust in (("full", 10, [True, True, False, True]), ("half", 20, [False, True])):
+        d = run / "attacks" / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"name": "pgd", "attack": {"steps": steps, "step_size": 0.01},
+                                                   "threat": {"eps": 0.1, "p": "inf", "lower": 0.0, "upper": 1.0},
+                                                   "seed": 0}))
+        rows = [{"idx": i, "y": 0, "pred": 0, "correct": True, "adv_pred": 0 if r else 1, "adv_correct": r,
+                 "robust": r, "dist": 0.1, "confidence": 1.0, "adv_confidence": 1.0} for i, r in enumerate(robust)]
+        (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "summary.json").write_text(json.dumps({"n": len(rows)}))
+    (row,) = robustness_matrix([load_run(run)], ("clean", "pgd"), eps=0.1)
+    assert row["pgd"] == 0.75 and row["n"] == 4 and "half" in row["notes"]

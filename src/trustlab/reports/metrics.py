@@ -228,7 +228,8 @@ def robustness_matrix(
 
     Each cell is robust accuracy under the run's evaluations of that attack at ``eps``; when several
     configurations exist (PGD with different steps or restarts), the cell is their per-example worst case and
-    ``notes`` says so. ``worst`` is the per-example worst case over every evaluation in the row (EVAL-11).
+    ``notes`` says so. Only the evaluations on the most examples count for a cell: a check run on a subset
+    (such as PGD with twice the steps for the convergence flag) is left out and named in ``notes``. ``worst`` is the per-example worst case over every evaluation in the row (EVAL-11).
 
     Args:
         runs: the runs, one row each.
@@ -255,6 +256,12 @@ def robustness_matrix(
                 row["clean"] = accuracy(run.records, "correct")
                 continue
             views = select_attacks(run, kind, eps, p) if eps is not None else []
+            if views:  # cells use the most complete evaluations; subset checks (e.g. 2x steps) stay out
+                n_max = max(v.n for v in views)
+                partial = [v.id for v in views if v.n < n_max]
+                views = [v for v in views if v.n == n_max]
+                if partial:
+                    notes.append(f"{kind}: {', '.join(partial)} ran on fewer examples and is left out of the cell")
             row[kind] = accuracy(worst_case({v.id: v.records for v in views}), "robust") if views else None
             if len(views) > 1:
                 notes.append(f"{kind}: per-example worst case of {len(views)} configurations "
