@@ -27,15 +27,9 @@ def run_demo(out: Path, *, progress: bool = True) -> MatrixResult:
     write_optim_outputs(rows, out / "optim")
     result = run_matrix(DEMO_TRAIN, DEMO_MATRIX, out, progress=progress,
                         extra_sections=(optim_section(rows, out / "optim"),))
-    print(f"Accuracy (%) on the digits test split (360 images), l_inf eps = {DEMO_MATRIX.eps:g}; "
-          f"PGD: {DEMO_MATRIX.pgd_steps} steps of {DEMO_MATRIX.step_size:g}\n")
-    print(result.markdown)
-    print("\nDiagnosis:" if result.flags else "\nDiagnosis: no flag raised.")
-    for f in result.flags:
-        print(f"- [{f.code}] {f.run}: {f.message}")
-    stuck = [r["lesson"] for r in rows if r["demo"] in ("a", "b")]
-    print("\nOptimizer trajectories (figures in " + str(out / "optim") + "):")
-    for lesson in stuck:
-        print(f"- {lesson}")
-    print(f"\nReport: {result.report.resolve()}")
+    print(f"Optimizer trajectories (figures in {out / 'optim'}):")
+    for r in rows:
+        print(f"- {r['objective']}, {r['label']}: {r['lesson']}")
+    print()
+    print(result.text())
     return result

@@ -176,15 +176,7 @@ def _cmd_matrix(args) -> int:
                           {k: v for k, v in flags.items() if k in tfields}, TrainConfig.field_names())
     base = TrainConfig.from_dict({**topts, "eps": mc.eps, "p": mc.p})
     out = Path(args.out or f"runs/matrix-{base.dataset}-eps{mc.eps:g}")
-    result = run_matrix(base, mc, out, progress=not args.quiet)
-    norm = "inf" if mc.p == math.inf else "2"
-    print(f"Accuracy (%) on the {base.dataset} test split, l_{norm} eps = {mc.eps:g}; "
-          f"PGD: {mc.pgd_steps} steps of {mc.step_size:g}, {mc.restarts} restart(s)\n")
-    print(result.markdown)
-    print("\nDiagnosis:" if result.flags else "\nDiagnosis: no flag raised.")
-    for f in result.flags:
-        print(f"- [{f.code}] {f.run}: {f.message}")
-    print(f"\nReport: {result.report}")
+    print(run_matrix(base, mc, out, progress=not args.quiet).text())
     return 0
 
 

@@ -85,6 +85,13 @@ class MatrixResult:
     markdown: str
     report: Path
     runs: list[Path]
+    header: str
+
+    def text(self) -> str:
+        """What the CLI prints: the header, the Markdown matrix, the diagnosis, where the report is."""
+        lines = [self.header, "", self.markdown, "", "Diagnosis:" if self.flags else "Diagnosis: no flag raised."]
+        lines += [f"- [{f.code}] {f.run}: {f.message}" for f in self.flags]
+        return "\n".join([*lines, "", f"Report: {self.report.resolve()}"])
 
 
 def _train_or_reuse(config: TrainConfig, run: Path, *, progress: bool) -> Path:
@@ -132,4 +139,9 @@ def run_matrix(
     flags = diagnose(views)
     report = build_report(runs, out / "report", eps=mc.eps, p=mc.p, title=f"trustlab robustness matrix ({base.dataset})",
                           extra_sections=extra_sections)
-    return MatrixResult(rows=rows, flags=flags, markdown=matrix_markdown(rows), report=report, runs=runs)
+    norm = "inf" if mc.p == math.inf else "2"
+    n = rows[0]["n"] if rows else 0
+    header = (f"Accuracy (%) on {n} {base.dataset} test images, l_{norm} eps = {mc.eps:g}; "
+              f"PGD: {mc.pgd_steps} steps of {mc.step_size:g}, {mc.restarts} restart(s)")
+    return MatrixResult(rows=rows, flags=flags, markdown=matrix_markdown(rows), report=report, runs=runs,
+                        header=header)
