@@ -19,7 +19,8 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from trustlab import checkpoint as ckpt_mod
+import trustlab.checkpoint.rundir as ckpt_rundir
+import trustlab.checkpoint.save as ckpt_save
 from trustlab.checkpoint import (
     FORMAT_VERSION,
     canonical_sha256,
@@ -476,14 +477,14 @@ def test_data02_crash_before_pointer_flip_keeps_previous(tmp_path, monkeypatch):
     run = tmp_path / "run"
     assert latest_checkpoint(run) is None
     first = _commit(run, "step_1", seed=1)
-    real_write_json = ckpt_mod.atomic_write_json
+    real_write_json = ckpt_rundir.atomic_write_json
 
     def killed_at_flip(path, obj):
         if pathlib.Path(path).name == "latest.json":
             raise _Killed
         return real_write_json(path, obj)
 
-    monkeypatch.setattr(ckpt_mod, "atomic_write_json", killed_at_flip)
+    monkeypatch.setattr(ckpt_rundir, "atomic_write_json", killed_at_flip)  # commit_checkpoint flips latest.json
     with pytest.raises(_Killed):
         _commit(run, "step_2", seed=2)
     monkeypatch.undo()
@@ -503,14 +504,14 @@ def test_data02_crash_before_pointer_flip_keeps_previous(tmp_path, monkeypatch):
 def test_data02_crash_while_writing_directory(tmp_path, monkeypatch):
     run = tmp_path / "run"
     _commit(run, "step_1", seed=1)
-    real_write_bytes = ckpt_mod.atomic_write_bytes
+    real_write_bytes = ckpt_save.atomic_write_bytes
 
     def killed_at_state(path, data):
         if pathlib.Path(path).name == "state.pt":
             raise _Killed
         return real_write_bytes(path, data)
 
-    monkeypatch.setattr(ckpt_mod, "atomic_write_bytes", killed_at_state)
+    monkeypatch.setattr(ckpt_save, "atomic_write_bytes", killed_at_state)  # save_checkpoint writes state.pt
     with pytest.raises(_Killed):
         _commit(run, "step_2", seed=2)
     monkeypatch.undo()
@@ -578,7 +579,7 @@ def test_data10_never_deletes_latest(tmp_path):
     run = tmp_path / "run"
     for i in range(1, 4):
         _commit(run, f"step_{i}", seed=i, keep_last=None)
-    ckpt_mod.atomic_write_json(run / "checkpoints" / "latest.json", {"name": "step_1"})  # e.g. a manual rollback
+    ckpt_rundir.atomic_write_json(run / "checkpoints" / "latest.json", {"name": "step_1"})  # e.g. a manual rollback
     assert prune_checkpoints(run, keep_last=1) == ["step_2"]
     assert _names(run) == ["step_1", "step_3"]
     assert latest_checkpoint(run).name == "step_1"
@@ -587,14 +588,14 @@ def test_data10_never_deletes_latest(tmp_path):
 def test_data10_kill_during_deletion_leaves_valid_latest(tmp_path, monkeypatch):
     run = tmp_path / "run"
     _commit(run, "step_1", seed=1, keep_last=1)
-    real_rmtree = ckpt_mod.shutil.rmtree
+    real_rmtree = ckpt_rundir.shutil.rmtree
 
     def killed_mid_delete(path, *args, **kwargs):
         if pathlib.Path(path).exists():
             raise _Killed
         return real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", killed_mid_delete)
+    monkeypatch.setattr(ckpt_rundir.shutil, "rmtree", killed_mid_delete)
     with pytest.raises(_Killed):
         _commit(run, "step_2", seed=2, keep_last=1)
     monkeypatch.undo()
