@@ -117,9 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args) -> int:
     from trustlab.cli.config import load_toml, merge_options
+    from trustlab.reports.records import read_json
     from trustlab.training import TrainConfig, train_run
 
     file_opts = load_toml(args.config, section="train") if args.config else {}
+    saved = Path(args.out) / "config.json"
+    if args.resume and saved.exists():  # resume with the run's own config; a file or flags may still override it
+        file_opts = {**read_json(saved).get("config", {}), **file_opts}
     opts = merge_options(file_opts, vars(args), TrainConfig.field_names())
     config = TrainConfig.from_dict(opts)
     summary = train_run(config, Path(args.out), resume=args.resume, overwrite=args.overwrite,
