@@ -93,3 +93,16 @@ def test_sec01_cli_refuses_pickle_checkpoint(tmp_path):
     r = _run("attack", str(run), "--eps", "0.1", "--steps", "2")
     assert r.returncode != 0 and "not a safe trustlab state file" in r.stderr and "Traceback" not in r.stderr
     assert not marker.exists()
+
+
+def test_report_and_optim_commands(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["--quiet", "train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--subset", "100",
+                 "--out", str(run)]) == 0
+    assert main(["--quiet", "attack", str(run), "--attack", "fgsm", "--eps", "0.1"]) == 0
+    assert main(["--quiet", "report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert 'id="matrix"' in page and "fgsm" in page
+    assert main(["--quiet", "optim", "--out", str(tmp_path / "optim")]) == 0
+    assert (tmp_path / "optim" / "optim.md").read_text().count("![") == 5
+    assert "Report:" in capsys.readouterr().out
