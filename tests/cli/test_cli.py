@@ -43,6 +43,24 @@ def test_toml_config_with_flag_override(tmp_path):
     assert saved["epochs"] == 1 and saved["model"] == "mlp" and saved["subset"] == 100
 
 
+def test_keep_best_from_toml_and_flag(tmp_path, capsys):
+    """``keep_best = true`` in a recipe holds when the flag is absent; the attack then evaluates the kept epoch."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\ndataset = "digits"\nmodel = "mlp"\ndefense = "fgsm-rs"\neps = 0.1\nepochs = 3\n'
+                   'subset = 200\nkeep_best = true\n')
+    run = tmp_path / "run"
+    assert main(["--quiet", "train", "--config", str(cfg), "--out", str(run)]) == 0
+    assert "best validation PGD accuracy" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert json.loads((run / "config.json").read_text())["config"]["keep_best"] is True
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["name"] == "final"
+    assert 1 <= summary["selected_epoch"] <= 3
+    run2 = tmp_path / "run2"
+    assert main(["--quiet", "train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--subset", "100",
+                 "--out", str(run2)]) == 0
+    assert json.loads((run2 / "config.json").read_text())["config"]["keep_best"] is False
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train", "--dataset", "digits", "--eps", "-1", "--out", "X"], "eps"),
     (["train", "--dataset", "nope", "--out", "X"], "nope"),

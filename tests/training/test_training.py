@@ -95,3 +95,22 @@ def test_at01_training_batches_stay_in_threat_set(monkeypatch):
         x_adv = inner(model, x, y, torch.Generator().manual_seed(0))
         seen.append(bool(threat.contains(x_adv, x).all()))
     assert all(seen)
+
+
+@pytest.mark.parametrize("defense", ["fgsm-rs", "pgd"])
+def test_warmup_scales_the_inner_step_with_eps(tmp_path, monkeypatch, defense):
+    """A given inner step is the step at full eps; during the eps warm-up it shrinks with eps, so step / eps stays
+    what the recipe chose (a fixed 0.3 step at eps 0.075 would make FGSM-RS an FGSM to the ball's corners)."""
+    from trustlab.training import defenses, run
+
+    calls = []
+
+    def spy(name, threat, **kwargs):
+        calls.append((threat.eps, kwargs["pgd_step_size"]))
+        return defenses.make_inner_max(name, threat, **kwargs)
+
+    monkeypatch.setattr(run, "make_inner_max", spy)
+    train_run(TrainConfig(dataset="digits", model="mlp", defense=defense, eps=0.2, pgd_step_size=0.25, pgd_steps=2,
+                          eps_warmup_epochs=4, epochs=5, subset=64, batch_size=32), tmp_path / "r", progress=False)
+    assert [round(e, 6) for e, _ in calls] == [0.05, 0.1, 0.15, 0.2, 0.2]
+    assert all(math.isclose(step / eps, 1.25) for eps, step in calls)

@@ -39,6 +39,8 @@ def _add_train(sub) -> None:
     p.add_argument("--pgd-steps", type=int)
     p.add_argument("--pgd-step-size", type=float)
     p.add_argument("--eps-warmup-epochs", type=int)
+    p.add_argument("--keep-best", action="store_true", default=None,
+                   help="end with the epoch of best validation PGD accuracy at full eps (early stopping)")
     p.add_argument("--seed", type=int)
     p.add_argument("--val-size", type=int)
     p.add_argument("--subset", type=int, help="quick run: keep N training (and at most N val/test) examples")
@@ -128,7 +130,9 @@ def _cmd_train(args) -> int:
     config = TrainConfig.from_dict(opts)
     summary = train_run(config, Path(args.out), resume=args.resume, overwrite=args.overwrite,
                         force_resume=args.force_resume, progress=not args.quiet)
-    print(f"{args.out}: test accuracy {summary['test_acc']:.4f} after {summary['epochs']} epochs "
+    kept = summary.get("selected_epoch")
+    kept = f", weights of epoch {kept} (best validation PGD accuracy)" if config.keep_best and kept else ""
+    print(f"{args.out}: test accuracy {summary['test_acc']:.4f} after {summary['epochs']} epochs{kept} "
           f"({summary['train_seconds']:.0f} s of training)")
     return 0
 

@@ -34,8 +34,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cyclic"  # constant | step | cosine | cyclic | one-cycle
     pgd_steps: int = 10  # inner PGD steps (defense = pgd)
-    pgd_step_size: float | None = None  # inner step; None: 2.5 * eps / pgd_steps (pgd), 1.25 * eps (fgsm-rs)
+    pgd_step_size: float | None = None  # inner step at full eps (scaled with eps in warm-up); None: 2.5 * eps / pgd_steps (pgd), 1.25 * eps (fgsm-rs)
     eps_warmup_epochs: int = 0  # linear ramp of eps from 0 over these epochs (0 = off)
+    keep_best: bool = False  # end with the epoch of best validation PGD accuracy at full eps (early stopping)
     seed: int = 0
     val_size: int | None = None  # None: the dataset's default
     subset: int | None = None  # keep N train (and at most N val/test) examples
@@ -58,6 +59,11 @@ class TrainConfig:
             check_positive_int(getattr(self, name), name)
         check_positive_int(self.eps_warmup_epochs, "eps_warmup_epochs", minimum=0)
         check_positive_int(self.seed, "seed", minimum=0)
+        if not isinstance(self.keep_best, bool):
+            raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
+        if self.keep_best and self.defense == "none":
+            raise ValueError("keep_best selects by validation PGD accuracy, which only adversarial training "
+                             "measures; got defense='none'")
         if self.pgd_step_size is not None:
             object.__setattr__(self, "pgd_step_size", check_nonneg_float(self.pgd_step_size, "pgd_step_size", positive=True))
         for name in ("val_size", "subset"):

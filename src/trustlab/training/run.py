@@ -27,6 +27,7 @@ from trustlab.atomic import append_jsonl
 from trustlab.attacks import pgd
 from trustlab.checkpoint import commit_checkpoint, latest_checkpoint, load_checkpoint
 from trustlab.data import Splits, make_loader, make_splits
+from trustlab.errors import CheckpointError
 from trustlab.models import build_model
 from trustlab.reports.records import read_json, versions, write_json, write_records
 from trustlab.seeding import derive_generator, derive_seed
@@ -40,7 +41,9 @@ __all__ = ["train_run", "identity_of"]
 
 log = logging.getLogger(__name__)
 _TRAIN_EVAL_MAX = 10_000  # clean training accuracy is measured on a fixed subset of at most this many examples
-_ROBUST_CHECK_N = 500  # validation examples for the per-epoch PGD check of adversarially trained runs
+_ROBUST_CHECK_N = 1000  # validation examples for the per-epoch PGD check of adversarially trained runs
+_BEST_DIR = "best"  # <run>/best/checkpoints/: the best epoch so far (keep_best)
+_FINAL = "final"  # the checkpoint holding the selected epoch's weights (keep_best)
 
 
 def identity_of(config: TrainConfig, splits: Splits) -> dict[str, Any]:
@@ -103,6 +106,15 @@ def _threat_at(config: TrainConfig, epoch: int) -> LpBall:
     return LpBall(config.eps * ramp, config.p)
 
 
+def _step_at(config: TrainConfig, threat: LpBall) -> float | None:
+    """The inner step for this epoch: ``pgd_step_size`` is the step at the full ``eps`` and shrinks with it during
+    the warm-up, so the ratio step / eps the recipe chose holds at every epoch (a fixed step would be 4x eps in
+    the first epoch of a 4-epoch ramp, which turns FGSM-RS into FGSM to a corner of the ball)."""
+    if config.pgd_step_size is None:
+        return None
+    return config.pgd_step_size * (threat.eps / config.eps) if config.eps > 0 else config.pgd_step_size
+
+
 def train_run(
     config: TrainConfig,
     out: Path,
@@ -152,6 +164,8 @@ def train_run(
         scheduler.load_state_dict(ckpt.state["scheduler"])
         start, history, seconds = ckpt.state["epoch"], list(ckpt.state["history"]), float(ckpt.state["train_seconds"])
         log.info("resuming %s at epoch %d (a partly done epoch restarts from its beginning)", out, start + 1)
+        if config.keep_best and ckpt_dir.name != _FINAL:  # a kill between the epoch's commit and the best's
+            _update_best(out, model, history, config, arch=arch, dataset=info.name)
     else:
         write_json(out / "config.json", {"config": config.to_dict(), "identity": identity, "versions": versions(),
                                          "dataset": {"name": info.name, "shape": list(info.shape),
@@ -162,7 +176,7 @@ def train_run(
         t0 = time.perf_counter()
         loader_gen.manual_seed(derive_seed(config.seed, epoch, 0))
         threat = _threat_at(config, epoch)
-        inner = make_inner_max(config.defense, threat, pgd_steps=config.pgd_steps, pgd_step_size=config.pgd_step_size)
+        inner = make_inner_max(config.defense, threat, pgd_steps=config.pgd_steps, pgd_step_size=_step_at(config, threat))
         result = train_epoch(
             model, loader, optimizer, scheduler, inner_max=inner, generator=derive_generator(config.seed, epoch, 1),
             desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
@@ -176,16 +190,71 @@ def train_run(
                  "history": history, "train_seconds": seconds}
         commit_checkpoint(out, f"epoch_{epoch + 1:04d}", model, arch=arch, dataset=info.name,
                           config=config.to_dict(), state=state)
+        if config.keep_best:
+            _update_best(out, model, history, config, arch=arch, dataset=info.name)
         append_jsonl(out / "progress.jsonl", [row])
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
         if "val_pgd_acc" in row and row["train_acc"] - row["val_pgd_acc"] > 0.3:
             log.warning("epoch %d: training accuracy on the inner attack (%.3f) exceeds validation PGD accuracy "
                         "(%.3f) by > 30 points: catastrophic overfitting?", epoch + 1, row["train_acc"], row["val_pgd_acc"])
 
-    return _finish(out, model, splits, config, history, seconds)
+    selected = None
+    if config.keep_best:
+        state = {"epoch": config.epochs, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "history": history, "train_seconds": seconds}
+        selected = _select_best(out, model, state, config, arch=arch, dataset=info.name)
+    return _finish(out, model, splits, config, history, seconds, selected)
 
 
-def _finish(out: Path, model, splits: Splits, config: TrainConfig, history: list, seconds: float) -> dict[str, Any]:
+def _best_epoch(history: list[dict[str, Any]], config: TrainConfig) -> int | None:
+    """The epoch with the highest validation PGD accuracy among those trained at the full eps (the later one on a
+    tie), or ``None`` if no such epoch has a robustness check yet."""
+    rows = [r for r in history if "val_pgd_acc" in r and r["train_eps"] >= config.eps * (1 - 1e-9)]
+    if not rows:
+        return None
+    return max(rows, key=lambda r: (r["val_pgd_acc"], r["epoch"]))["epoch"]
+
+
+def _update_best(out: Path, model, history: list, config: TrainConfig, *, arch: dict, dataset: str) -> None:
+    """Keep a copy of the weights of the best epoch so far in ``<run>/best/`` (its own checkpoint folder, so the
+    per-epoch pruning never removes it). ``model`` holds the weights of ``history[-1]``."""
+    best = _best_epoch(history, config)
+    if best is None or best != history[-1]["epoch"]:
+        return
+    name = f"epoch_{best:04d}"
+    current = latest_checkpoint(out / _BEST_DIR)
+    if current is not None and current.name == name:
+        return
+    commit_checkpoint(out / _BEST_DIR, name, model, arch=arch, dataset=dataset, config=config.to_dict(),
+                      state={"epoch": best}, keep_last=1)
+
+
+def _select_best(out: Path, model, state: dict[str, Any], config: TrainConfig, *, arch: dict,
+                 dataset: str) -> int | None:
+    """Early stopping (Wong et al. 2020, Sec. 5.3; Rice et al. 2020): load the best epoch's weights into ``model``
+    and commit them as the run's final checkpoint, which ``trustlab attack`` then evaluates."""
+    history = state["history"]
+    best = _best_epoch(history, config)
+    if best is None:
+        log.warning("keep_best: no epoch was trained at the full eps with a validation PGD check; keeping the last")
+        return None
+    latest = latest_checkpoint(out)
+    if latest is not None and latest.name == _FINAL:  # resumed after the selection was committed
+        model.load_state_dict(load_checkpoint(latest, expected_arch=arch).model.state_dict())
+        return best
+    ckpt_dir = latest_checkpoint(out / _BEST_DIR)
+    if ckpt_dir is None or ckpt_dir.name != f"epoch_{best:04d}":
+        raise CheckpointError(f"keep_best: the weights of epoch {best} are missing from {out / _BEST_DIR}")
+    model.load_state_dict(load_checkpoint(ckpt_dir, expected_arch=arch).model.state_dict())
+    commit_checkpoint(out, _FINAL, model, arch=arch, dataset=dataset, config=config.to_dict(),
+                      state={**state, "selected_epoch": best})
+    log.info("keep_best: the run ends with the weights of epoch %d (validation PGD accuracy %.3f)", best,
+             next(r["val_pgd_acc"] for r in history if r["epoch"] == best))
+    return best
+
+
+def _finish(out: Path, model, splits: Splits, config: TrainConfig, history: list, seconds: float,
+            selected: int | None = None) -> dict[str, Any]:
     x, y = splits.test
     probs = predict_proba(model, x, batch_size=config.eval_batch_size)
     conf, pred = probs.max(1)
@@ -195,6 +264,8 @@ def _finish(out: Path, model, splits: Splits, config: TrainConfig, history: list
     ]
     write_records(out / "records.jsonl", records)
     last = history[-1] if history else {}
+    if selected is not None:
+        last = next(r for r in history if r["epoch"] == selected)
     summary = {
         "complete": True,
         "n_test": len(y),
@@ -204,6 +275,7 @@ def _finish(out: Path, model, splits: Splits, config: TrainConfig, history: list
         "generalization_gap": last.get("generalization_gap"),
         "train_seconds": seconds,
         "epochs": config.epochs,
+        "selected_epoch": selected if selected is not None else (last.get("epoch") if last else None),
         "history": history,
     }
     write_json(out / "summary.json", summary)
