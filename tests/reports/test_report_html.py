@@ -229,3 +229,22 @@ def test_report_renders_in_chromium_without_console_errors(render_in_chromium, r
         assert f'id="{sid}"' in dom
     assert dom.count("<img") >= 9 and "<script" not in dom.lower()
     assert math.isfinite(len(dom)) and escape(EVIL) in dom
+
+
+def test_training_section_shows_validation_pgd_and_the_kept_epoch(tmp_path):
+    """A keep_best run: the history table carries val_pgd_acc and the caption names the kept epoch."""
+    run = make_run(tmp_path / "runs", "kept", defense="fgsm-rs", clean=80, attacks=[])
+    summary = json.loads((run / "summary.json").read_text())
+    for h, v in zip(summary["history"], (0.41, 0.77, 0.52)):
+        h["val_pgd_acc"] = v
+    summary["selected_epoch"] = 2
+    _write_json(run / "summary.json", summary)
+    out = tmp_path / "report"
+    build_report([run], out, eps=0.1)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "val\\_pgd\\_acc" in md and "| 77.0% |" in md
+    assert "kept the weights of epoch 2" in md
+    summary["selected_epoch"] = 3  # the last epoch: nothing to point out
+    _write_json(run / "summary.json", summary)
+    build_report([run], tmp_path / "report2", eps=0.1)
+    assert "kept the weights" not in (tmp_path / "report2" / "report.md").read_text(encoding="utf-8")

@@ -39,6 +39,7 @@ HISTORY_SERIES = {  # summary.json history key -> legend label
     "train_clean_acc": "train (clean)",
     "val_acc": "validation",
     "test_acc": "test",
+    "val_pgd_acc": "validation PGD-10 (at the epoch's eps)",
 }
 
 
@@ -252,8 +253,10 @@ def plot_examples(
     return _finish(fig, path)
 
 
-def plot_training(history: Sequence[Mapping[str, Any]], *, title: str | None = None, path: PathLike = None) -> bytes:
+def plot_training(history: Sequence[Mapping[str, Any]], *, title: str | None = None, selected: int | None = None,
+                  path: PathLike = None) -> bytes:
     """Training curves from ``summary.json``'s history: accuracies per epoch (left) and the training loss (right).
+    ``selected``: the epoch whose weights the run kept (``keep_best``), marked with a dashed line.
 
     Raises:
         ValueError: ``history`` is empty.
@@ -268,6 +271,8 @@ def plot_training(history: Sequence[Mapping[str, Any]], *, title: str | None = N
         ys = [_number(h.get(key)) for h in history]
         if any(math.isfinite(v) for v in ys):
             ax_acc.plot(epochs, [100 * v for v in ys], marker="o", markersize=3, label=label)
+    if selected is not None and selected != epochs[-1]:
+        ax_acc.axvline(selected, color="0.4", linestyle="--", linewidth=1, label=f"kept epoch {selected}")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.grid(alpha=0.3)

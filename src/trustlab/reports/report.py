@@ -39,9 +39,9 @@ __all__ = ["build_report", "Section", "SECTION_IDS"]
 
 log = logging.getLogger(__name__)
 SECTION_IDS = ("matrix", "diagnosis", "curves", "per-class", "examples", "training", "runs")
-_HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "train_clean_acc", "val_acc", "test_acc",
+_HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "train_clean_acc", "val_acc", "val_pgd_acc", "test_acc",
                     "generalization_gap", "train_eps", "lr", "epoch_seconds")
-_HISTORY_PERCENT = {"train_acc", "train_clean_acc", "val_acc", "test_acc", "generalization_gap"}
+_HISTORY_PERCENT = {"train_acc", "train_clean_acc", "val_acc", "val_pgd_acc", "test_acc", "generalization_gap"}
 _HISTORY_FMT = {"train_loss": ".4f", "train_eps": "g", "lr": ".3g", "epoch": "g"}
 
 
@@ -302,10 +302,14 @@ def _training_section(runs: list[RunView], out_dir: Path) -> Section:
         if not history:
             continue
         body.heading(run.name)
-        png = plots.plot_training(history, title=f"training: {run.name} ({run.label})")
+        selected = run.summary.get("selected_epoch")
+        png = plots.plot_training(history, title=f"training: {run.name} ({run.label})", selected=selected)
+        kept = (f" The run kept the weights of epoch {selected}, its best validation PGD accuracy at full eps."
+                if selected is not None and selected != history[-1].get("epoch") else "")
         body.figure(png, f"training-{_slug(i, run.name)}.png", alt=f"training curves of {run.name}",
                     caption="Accuracy per epoch (train on the inputs trained on, i.e. adversarial ones for "
-                            "adversarial training; clean train; validation; test) and the training loss.")
+                            "adversarial training; clean train; validation; validation PGD-10 at the epoch's "
+                            "eps; test) and the training loss." + kept)
         columns = [c for c in _HISTORY_COLUMNS if any(c in h for h in history)]
         body.table(history, columns, floatfmt=_HISTORY_FMT, percent=_HISTORY_PERCENT)
         shown += 1
