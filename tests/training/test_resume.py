@@ -106,3 +106,19 @@ def test_data05_missing_state_file_fails_clearly(tmp_path):
 
     with pytest.raises(CheckpointError, match="incomplete checkpoint"):
         train_run(_tiny(epochs=3), run, resume=True, force_resume=True, progress=False)
+
+
+def test_data06_run_from_before_a_new_config_field_still_resumes(tmp_path):
+    """A config.json written before a field existed matches when the field is at its default, and only then."""
+    import json
+
+    run = tmp_path / "run"
+    first = train_run(_tiny(epochs=2), run, progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["config"]["keep_best"]
+    saved["identity"]["config_hash"] = "0" * 64  # an older version hashed fewer fields
+    (run / "config.json").write_text(json.dumps(saved))
+    again = train_run(_tiny(epochs=2), run, resume=True, progress=False)
+    assert again["test_acc"] == first["test_acc"]
+    with pytest.raises(ValueError, match=r"'defense', 'keep_best'"):
+        train_run(_tiny(epochs=2, defense="fgsm-rs", keep_best=True), run, resume=True, progress=False)

@@ -71,9 +71,14 @@ def _check_identity(out: Path, identity: dict[str, Any], config: TrainConfig, *,
     if saved.get("identity") == identity or force:
         return
     old, new = saved.get("config", {}), config.to_dict()
-    diff = sorted(k for k in set(old) | set(new) if k != "root" and old.get(k) != new.get(k))
+    defaults = TrainConfig().to_dict()
+    # A field the saved config lacks was added later; the run was made with its default, so that is no change.
+    diff = sorted(k for k in set(old) | set(new) if k != "root" and old.get(k) != new.get(k)
+                  and not (k not in old and new.get(k) == defaults.get(k)))
     if saved.get("identity", {}).get("data_fingerprint") != identity["data_fingerprint"]:
         diff.append("data_fingerprint")
+    if not diff:
+        return
     raise ValueError(f"config differs from the run in {out} in {diff}; pass --force-resume to resume anyway")
 
 
