@@ -21,6 +21,7 @@ from safetensors.torch import save
 
 from trustlab.atomic import atomic_write_bytes
 from trustlab.attacks import attack_batched, build_attack
+from trustlab.attacks.base import threat_dict
 from trustlab.checkpoint import latest_checkpoint, load_checkpoint
 from trustlab.data import make_splits
 from trustlab.reports.records import read_json, versions, write_json, write_records
@@ -112,9 +113,8 @@ def attack_run(
     summary = {"attack": name, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
                "robust_acc": sum(r["robust"] for r in records) / n, "seconds": seconds,
                "checkpoint": ckpt_dir.name}
-    write_json(out / "config.json", {"attack": attack.to_dict(), "name": name, "threat": {
-        "eps": threat.eps, "p": "inf" if threat.p == math.inf else threat.p, "lower": threat.lower,
-        "upper": threat.upper}, "seed": seed, "subset": subset, "run": str(run_dir), "versions": versions()})
+    write_json(out / "config.json", {"attack": attack.to_dict(), "name": name, "threat": threat_dict(threat),
+                                     "seed": seed, "subset": subset, "run": str(run_dir), "versions": versions()})
     write_records(out / "records.jsonl", records)
     atomic_write_bytes(out / "examples.safetensors", save(_example_grid(x, x_adv, records)))
     write_json(out / "summary.json", summary)

@@ -96,7 +96,7 @@ def _evaluate(model, splits: Splits, config: TrainConfig) -> dict[str, float]:
 
 
 def _robust_check(model, splits: Splits, threat: LpBall, config: TrainConfig, epoch: int) -> dict[str, float]:
-    """PGD-10 accuracy at this epoch's training eps on the first 500 validation examples (the catastrophic-
+    """PGD-10 accuracy at this epoch's training eps on the first 1000 validation examples (the catastrophic-
     overfitting check of Wong et al. 2020, Sec. 5.3): training accuracy on the inner attack far above it means
     the model has learned to fool that attack, not to resist the threat."""
     if config.defense == "none" or len(splits.val[0]) == 0:
@@ -106,18 +106,20 @@ def _robust_check(model, splits: Splits, threat: LpBall, config: TrainConfig, ep
     return {"val_pgd_acc": accuracy(model, x_adv, y, batch_size=config.eval_batch_size)}
 
 
-def _threat_at(config: TrainConfig, epoch: int) -> LpBall:
+def _inner_at(config: TrainConfig, epoch: int) -> tuple[LpBall, float | None]:
+    """This epoch's threat and inner step. During the warm-up eps ramps up linearly from 0, and a given
+    ``pgd_step_size`` (the step at the full eps) shrinks with it, so the ratio step / eps the recipe chose holds at
+    every epoch (a fixed step would be 4x eps in the first epoch of a 4-epoch ramp, which turns FGSM-RS into FGSM
+    to a corner of the ball)."""
     ramp = 1.0 if config.eps_warmup_epochs == 0 else min(1.0, (epoch + 1) / config.eps_warmup_epochs)
-    return LpBall(config.eps * ramp, config.p)
+    step = None if config.pgd_step_size is None else config.pgd_step_size * ramp
+    return LpBall(config.eps * ramp, config.p), step
 
 
-def _step_at(config: TrainConfig, threat: LpBall) -> float | None:
-    """The inner step for this epoch: ``pgd_step_size`` is the step at the full ``eps`` and shrinks with it during
-    the warm-up, so the ratio step / eps the recipe chose holds at every epoch (a fixed step would be 4x eps in
-    the first epoch of a 4-epoch ramp, which turns FGSM-RS into FGSM to a corner of the ball)."""
-    if config.pgd_step_size is None:
-        return None
-    return config.pgd_step_size * (threat.eps / config.eps) if config.eps > 0 else config.pgd_step_size
+def _train_state(epoch: int, optimizer, scheduler, history: list, seconds: float) -> dict[str, Any]:
+    """What a checkpoint needs besides the weights to resume after ``epoch``."""
+    return {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "history": history, "train_seconds": seconds}
 
 
 def train_run(
@@ -180,8 +182,8 @@ def train_run(
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         loader_gen.manual_seed(derive_seed(config.seed, epoch, 0))
-        threat = _threat_at(config, epoch)
-        inner = make_inner_max(config.defense, threat, pgd_steps=config.pgd_steps, pgd_step_size=_step_at(config, threat))
+        threat, step = _inner_at(config, epoch)
+        inner = make_inner_max(config.defense, threat, pgd_steps=config.pgd_steps, pgd_step_size=step)
         result = train_epoch(
             model, loader, optimizer, scheduler, inner_max=inner, generator=derive_generator(config.seed, epoch, 1),
             desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
@@ -191,10 +193,8 @@ def train_run(
         row = {"epoch": epoch + 1, "train_loss": result.loss, "train_acc": result.acc, "train_eps": threat.eps if inner else 0.0,
                "lr": scheduler.get_last_lr()[0], "epoch_seconds": train_time, **_evaluate(model, splits, config), **_robust_check(model, splits, threat, config, epoch)}
         history.append(row)
-        state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "history": history, "train_seconds": seconds}
         commit_checkpoint(out, f"epoch_{epoch + 1:04d}", model, arch=arch, dataset=info.name,
-                          config=config.to_dict(), state=state)
+                          config=config.to_dict(), state=_train_state(epoch + 1, optimizer, scheduler, history, seconds))
         if config.keep_best:
             _update_best(out, model, history, config, arch=arch, dataset=info.name)
         append_jsonl(out / "progress.jsonl", [row])
@@ -205,8 +205,7 @@ def train_run(
 
     selected = None
     if config.keep_best:
-        state = {"epoch": config.epochs, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "history": history, "train_seconds": seconds}
+        state = _train_state(config.epochs, optimizer, scheduler, history, seconds)
         selected = _select_best(out, model, state, config, arch=arch, dataset=info.name)
     return _finish(out, model, splits, config, history, seconds, selected)
 
@@ -237,7 +236,8 @@ def _update_best(out: Path, model, history: list, config: TrainConfig, *, arch: 
 def _select_best(out: Path, model, state: dict[str, Any], config: TrainConfig, *, arch: dict,
                  dataset: str) -> int | None:
     """Early stopping (Wong et al. 2020, Sec. 5.3; Rice et al. 2020): load the best epoch's weights into ``model``
-    and commit them as the run's final checkpoint, which ``trustlab attack`` then evaluates."""
+    and commit them as the run's final checkpoint, which ``trustlab attack`` then evaluates. On a resume after
+    that commit, ``model`` was loaded from it already."""
     history = state["history"]
     best = _best_epoch(history, config)
     if best is None:
@@ -245,7 +245,6 @@ def _select_best(out: Path, model, state: dict[str, Any], config: TrainConfig, *
         return None
     latest = latest_checkpoint(out)
     if latest is not None and latest.name == _FINAL:  # resumed after the selection was committed
-        model.load_state_dict(load_checkpoint(latest, expected_arch=arch).model.state_dict())
         return best
     ckpt_dir = latest_checkpoint(out / _BEST_DIR)
     if ckpt_dir is None or ckpt_dir.name != f"epoch_{best:04d}":
@@ -280,7 +279,7 @@ def _finish(out: Path, model, splits: Splits, config: TrainConfig, history: list
         "generalization_gap": last.get("generalization_gap"),
         "train_seconds": seconds,
         "epochs": config.epochs,
-        "selected_epoch": selected if selected is not None else (last.get("epoch") if last else None),
+        "selected_epoch": last.get("epoch"),
         "history": history,
     }
     write_json(out / "summary.json", summary)
