@@ -1,4 +1,4 @@
-"""trustlab.atomic: crash-safe single-file writes and fsynced JSON-lines appends (DATA-01, DATA-03)."""
+"""trustlab.runs.atomic: crash-safe single-file writes and fsynced JSON-lines appends (DATA-01, DATA-03)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from trustlab import atomic
-from trustlab.atomic import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text
+from trustlab.runs import atomic
+from trustlab.runs.atomic import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def _leftovers(directory):

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from trustlab.atomic import atomic_write_json, fsync_dir
+from trustlab.runs.atomic import atomic_write_json, fsync_dir
 from trustlab.checkpoint.manifest import _read_manifest
 from trustlab.checkpoint.save import save_checkpoint
 from trustlab.errors import CheckpointError

@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from trustlab.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
+from trustlab.runs.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
 from trustlab.checkpoint.manifest import (
     _SELF_HASH_KEY,
     FORMAT_VERSION,

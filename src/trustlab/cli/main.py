@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args) -> int:
     from trustlab.cli.config import load_toml, merge_options
-    from trustlab.reports.records import read_json
+    from trustlab.runs.records import read_json
     from trustlab.training import TrainConfig, train_run
 
     file_opts = load_toml(args.config, section="train") if args.config else {}

@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from safetensors.torch import save
 
-from trustlab.atomic import atomic_write_bytes
+from trustlab.runs.atomic import atomic_write_bytes
 from trustlab.attacks import attack_batched, build_attack
 from trustlab.attacks.base import threat_dict
 from trustlab.checkpoint import latest_checkpoint, load_checkpoint
 from trustlab.data import make_splits
-from trustlab.reports.records import read_json, versions, write_json, write_records
+from trustlab.runs.records import read_json, versions, write_json, write_records
 from trustlab.seeding import derive_generator
 from trustlab.threat import LpBall
 from trustlab.training.loop import predict_proba

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trustlab.atomic import atomic_write_bytes
+from trustlab.runs.atomic import atomic_write_bytes
 from trustlab.errors import MissingDependencyError
 from trustlab.optim.objectives import Objective, get_objective
 from trustlab.optim.trajectories import Trajectory

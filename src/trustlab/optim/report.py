@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trustlab.atomic import atomic_write_json, atomic_write_text
+from trustlab.runs.atomic import atomic_write_json, atomic_write_text
 from trustlab.reports.html import Section, escape, figure_html, html_table
 from trustlab.reports.tables import escape_markdown, markdown_table
 

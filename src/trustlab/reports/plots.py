@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trustlab.atomic import atomic_write_bytes
+from trustlab.runs.atomic import atomic_write_bytes
 from trustlab.errors import MissingDependencyError
 from trustlab.reports.metrics import EpsCurve
 from trustlab.reports.tables import sanitize_text

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from trustlab.atomic import atomic_write_bytes, atomic_write_text
+from trustlab.runs.atomic import atomic_write_bytes, atomic_write_text
 from trustlab.evaluation.diagnosis import CHECKS, Flag, diagnose
 from trustlab.reports import plots
 from trustlab.reports.html import Section, escape, figure_html, html_table, paragraph, render_page
@@ -30,7 +30,7 @@ from trustlab.reports.metrics import (
     EpsCurve, accuracy, accuracy_vs_eps, attack_families, default_threat, per_class_accuracy, robustness_matrix,
     same_eps, worst_case,
 )
-from trustlab.reports.records import write_json
+from trustlab.runs.records import write_json
 from trustlab.reports.runs import AttackView, RunView, load_examples, load_runs, norm_label
 from trustlab.reports.tables import escape_markdown, markdown_table, matrix_spec
 from trustlab.threat import parse_p

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trustlab.reports.records import read_json
+from trustlab.runs.records import read_json
 from trustlab.threat import parse_p
 
 __all__ = ["AttackView", "RunView", "load_run", "load_runs", "load_examples", "norm_label", "CLEAN_KEYS", "ATTACK_KEYS"]

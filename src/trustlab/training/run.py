@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from trustlab.atomic import append_jsonl
+from trustlab.runs.atomic import append_jsonl
 from trustlab.attacks import pgd
 from trustlab.checkpoint import commit_checkpoint, latest_checkpoint, load_checkpoint
 from trustlab.data import Splits, make_loader, make_splits
 from trustlab.errors import CheckpointError
 from trustlab.models import build_model
-from trustlab.reports.records import read_json, versions, write_json, write_records
+from trustlab.runs.records import read_json, versions, write_json, write_records
 from trustlab.seeding import derive_generator, derive_seed
 from trustlab.threat import LpBall
 from trustlab.training.config import TrainConfig, config_hash

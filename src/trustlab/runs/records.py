@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from trustlab.atomic import atomic_write_json, atomic_write_text
+from trustlab.runs.atomic import atomic_write_json, atomic_write_text
 
 __all__ = ["write_records", "read_records", "write_json", "read_json", "versions", "jsonable"]
 
