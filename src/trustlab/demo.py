@@ -16,8 +16,9 @@ from trustlab.training import TrainConfig
 
 __all__ = ["run_demo", "DEMO_TRAIN", "DEMO_MATRIX"]
 
-DEMO_TRAIN = TrainConfig(dataset="digits", model="cnn-small", epochs=15, batch_size=50, lr=5e-3, pgd_steps=7, seed=0)
-DEMO_MATRIX = MatrixConfig(eps=0.1, train=("none", "fgsm", "pgd"), pgd_steps=20, curve_subset=None)
+DEMO_TRAIN = TrainConfig(dataset="digits", model="cnn-small", epochs=15, batch_size=50, lr=5e-3, seed=0)
+DEMO_MATRIX = MatrixConfig(eps=0.1, train=("none", "fgsm", "pgd"), pgd_steps=20, curve_subset=None,
+                           defense_options={"pgd": {"steps": 7}})
 
 
 def run_demo(out: Path, *, progress: bool = True) -> MatrixResult:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from trustlab import LpBall
-from trustlab.attacks import ATTACKS, FGSM, PGD, Linear, attack_batched, build_attack, predict
+from trustlab.attacks import ATTACKS, FGSM, FGSMRS, PGD, Linear, attack_batched, build_attack, predict
 from trustlab.errors import NumericalError
 
 TOL_LINF = 1e-6
@@ -42,6 +42,10 @@ class Entry:
 REGISTRY = {
     "fgsm-linf": Entry(lambda t: FGSM(t), math.inf, "mlp"),
     "fgsm-l2": Entry(lambda t: FGSM(t), 2.0, "mlp"),
+    "fgsm-rs-linf": Entry(lambda t: FGSMRS(t), math.inf, "mlp", random=True),
+    "fgsm-rs-l2": Entry(lambda t: FGSMRS(t), 2.0, "mlp", random=True),
+    "fgsm-rs-linf-targeted-step": Entry(lambda t: FGSMRS(t, step_size=t.eps / 2), math.inf, "mlp", targeted=True,
+                                        random=True),
     "pgd-linf": Entry(lambda t: PGD(t, steps=5), math.inf, "mlp", random=True),
     "pgd-l2": Entry(lambda t: PGD(t, steps=5), 2.0, "mlp", random=True),
     "pgd-linf-no-random-start": Entry(lambda t: PGD(t, steps=5, random_start=False), math.inf, "mlp"),

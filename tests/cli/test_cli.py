@@ -50,7 +50,7 @@ def test_keep_best_from_toml_and_flag(tmp_path, capsys):
                    'subset = 200\nkeep_best = true\n')
     run = tmp_path / "run"
     assert main(["--quiet", "train", "--config", str(cfg), "--out", str(run)]) == 0
-    assert "best validation PGD accuracy" in capsys.readouterr().out
+    assert "(best val_pgd_acc)" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
     assert json.loads((run / "config.json").read_text())["config"]["keep_best"] is True
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["name"] == "final"

@@ -21,14 +21,14 @@ def _weights(ckpt_dir):
 
 def _rigged_check(scores):
     """A robustness check returning the given validation PGD accuracy per epoch (to know the right answer)."""
-    def check(model, splits, threat, config, epoch):
+    def check(model, splits, threat, config, epoch, device):
         return {"val_pgd_acc": scores[epoch]}
     return check
 
 
 def test_keep_best_ends_with_the_best_full_eps_epoch(tmp_path, monkeypatch):
     # Epoch 1 (eps ramped to 0.05) scores highest but is not at full eps; among epochs 2-4, epoch 3 is best.
-    monkeypatch.setattr(run_mod, "_robust_check", _rigged_check([0.99, 0.5, 0.8, 0.6]))
+    monkeypatch.setattr(run_mod, "_validate", _rigged_check([0.99, 0.5, 0.8, 0.6]))
     out = tmp_path / "best"
     summary = train_run(TrainConfig(**CFG), out, progress=False)
     assert summary["selected_epoch"] == 3
@@ -50,14 +50,14 @@ def test_keep_best_ends_with_the_best_full_eps_epoch(tmp_path, monkeypatch):
 
 def test_keep_best_survives_a_kill_between_epoch_and_best_commit(tmp_path, monkeypatch):
     """Resume re-saves the best copy when the kill came after the epoch's commit but before the best's."""
-    monkeypatch.setattr(run_mod, "_robust_check", _rigged_check([0.1, 0.9, 0.2, 0.3]))
+    monkeypatch.setattr(run_mod, "_validate", _rigged_check([0.1, 0.9, 0.2, 0.3]))
     out = tmp_path / "r"
     real_update = run_mod._update_best
 
-    def killed_at_epoch_2(out_, model, history, config, **kw):
+    def killed_at_epoch_2(out_, model, history, *args):
         if history[-1]["epoch"] == 2:
             raise KeyboardInterrupt  # stands for the kill
-        real_update(out_, model, history, config, **kw)
+        real_update(out_, model, history, *args)
 
     monkeypatch.setattr(run_mod, "_update_best", killed_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -71,7 +71,7 @@ def test_keep_best_survives_a_kill_between_epoch_and_best_commit(tmp_path, monke
 
 
 def test_keep_best_resume_of_a_selected_run_changes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_mod, "_robust_check", _rigged_check([0.1, 0.4, 0.9, 0.3]))
+    monkeypatch.setattr(run_mod, "_validate", _rigged_check([0.1, 0.4, 0.9, 0.3]))
     out = tmp_path / "r"
     first = train_run(TrainConfig(**CFG), out, progress=False)
     (out / "summary.json").unlink()  # as if killed after the final commit, before the summary

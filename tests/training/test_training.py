@@ -12,7 +12,7 @@ from trustlab.data import make_splits
 from trustlab.models import build_model
 from trustlab.threat import LpBall
 from trustlab.training import TrainConfig, build_optimizer, build_scheduler, train_run
-from trustlab.training.loop import accuracy
+from trustlab.attacks import clean_accuracy
 
 
 @pytest.mark.parametrize("name", ["constant", "step", "cosine", "cyclic", "one-cycle"])
@@ -32,12 +32,23 @@ def test_schedules_are_bounded_and_end_low(name):
         assert lrs[0] < max(lrs) and lrs.index(max(lrs)) in range(20, 45)
 
 
-@pytest.mark.parametrize("bad", [dict(defense="pgd2"), dict(eps=-0.1), dict(eps=math.nan), dict(lr=0),
-                                 dict(epochs=0), dict(batch_size=0), dict(optimizer="lbfgs"),
-                                 dict(schedule="warm"), dict(p=1), dict(defense="fgsm", eps=0.0),
-                                 dict(subset=0)])
-def test_inp01_bad_train_config_raises_valueerror(bad):
-    with pytest.raises((ValueError, TypeError)):
+@pytest.mark.parametrize("bad, match", [
+    (dict(defense="pgd2"), r"unknown defense 'pgd2'; choose one of \['none', 'fgsm', 'fgsm-rs', 'pgd', 'trades'"),
+    (dict(eps=-0.1), "eps must be finite and >= 0, got -0.1"),
+    (dict(eps=math.nan), "eps must be finite and >= 0, got nan"),
+    (dict(lr=0), "lr must be finite and > 0, got 0"),
+    (dict(epochs=0), "epochs must be >= 1, got 0"),
+    (dict(batch_size=0), "batch_size must be >= 1, got 0"),
+    (dict(optimizer="lbfgs"), "unknown optimizer 'lbfgs'"),
+    (dict(schedule="warm"), "unknown schedule 'warm'"),
+    (dict(p=1), "p must be inf or 2"),
+    (dict(defense="fgsm", eps=0.0), "defense 'fgsm' needs eps > 0, got eps=0"),
+    (dict(subset=0), "subset must be >= 1, got 0"),
+    (dict(device="tpu"), r"device must be one of \['auto', 'cpu', 'cuda'\] \(or cuda:N\), got 'tpu'"),
+    (dict(keep_best=True), "keep_best selects by a validation metric, which defense 'none' does not measure"),
+])
+def test_inp01_bad_train_config_raises_valueerror(bad, match):
+    with pytest.raises(ValueError, match=match):
         TrainConfig(**bad)
 
 
@@ -69,48 +80,57 @@ def test_at02_pgd_training_raises_pgd_accuracy(tmp_path):
     acc = {}
     for defense in ("none", "pgd"):
         run = tmp_path / defense
-        summary = train_run(TrainConfig(dataset="digits", model="cnn-small", defense=defense, eps=eps, epochs=10,
-                                        batch_size=50, pgd_steps=5, seed=0), run, progress=False)
+        config = TrainConfig.from_dict(dict(dataset="digits", model="cnn-small", defense=defense, eps=eps, epochs=10,
+                                            batch_size=50, seed=0, **({"pgd_steps": 5} if defense == "pgd" else {})))
+        summary = train_run(config, run, progress=False)
         # adversarially trained runs carry the per-epoch PGD check (catastrophic-overfitting guard), others not
         assert all(("val_pgd_acc" in row) == (defense != "none") for row in summary["history"])
         from trustlab.checkpoint import latest_checkpoint, load_checkpoint
 
         model = load_checkpoint(latest_checkpoint(run)).model
         x_adv = pgd(model, x, y, threat, steps=20, generator=torch.Generator().manual_seed(0))
-        acc[defense] = accuracy(model, x_adv, y)
+        acc[defense] = clean_accuracy(model, x_adv, y)
     assert acc["pgd"] >= acc["none"] + 0.10, acc
 
 
-def test_at01_training_batches_stay_in_threat_set(monkeypatch):
-    """AT-01: every adversarial batch used for an update lies in the eps-ball and the box."""
-    from trustlab.training import defenses
+@pytest.mark.parametrize("name", ["fgsm", "fgsm-rs", "pgd", "trades"])
+def test_at01_training_batches_stay_in_threat_set(name):
+    """AT-01: every adversarial batch a defense trains on lies in the eps-ball and the box, and is made with the
+    model in eval mode (the model's forward passes are spied on)."""
+    from trustlab.training import build_defense
 
     splits = make_splits("digits", seed=0, subset=200)
     threat = LpBall(0.2)
+    model = build_model("mlp", in_shape=(1, 8, 8), num_classes=10).train()
+    x, y = splits.train
     seen = []
-    for name in ("fgsm", "fgsm-rs", "pgd"):
-        inner = defenses.make_inner_max(name, threat, pgd_steps=3)
-        model = build_model("mlp", in_shape=(1, 8, 8), num_classes=10).eval()
-        x, y = splits.train
-        x_adv = inner(model, x, y, torch.Generator().manual_seed(0))
-        seen.append(bool(threat.contains(x_adv, x).all()))
-    assert all(seen)
+    model.register_forward_hook(lambda m, inputs, out: seen.append((inputs[0].detach(), m.training)))
+    build_defense(name).objective(threat)(model, x, y, generator=torch.Generator().manual_seed(0))
+    attacked = [inp for inp, training in seen if not torch.equal(inp, x)]
+    assert attacked, "the defense trained on no perturbed input"
+    assert all(bool(threat.contains(inp, x).all()) for inp in attacked)
+    update = 2 if name == "trades" else 1  # the loss's own forward passes (TRADES: on x and on x_adv)
+    assert [training for _, training in seen] == [False] * (len(seen) - update) + [True] * update
+    assert model.training  # the mode is restored for the update
 
 
 @pytest.mark.parametrize("defense", ["fgsm-rs", "pgd"])
 def test_warmup_scales_the_inner_step_with_eps(tmp_path, monkeypatch, defense):
     """A given inner step is the step at full eps; during the eps warm-up it shrinks with eps, so step / eps stays
     what the recipe chose (a fixed 0.3 step at eps 0.075 would make FGSM-RS an FGSM to the ball's corners)."""
-    from trustlab.training import defenses, run
+    from trustlab.training import Objective, build_defense
 
     calls = []
 
-    def spy(name, threat, **kwargs):
-        calls.append((threat.eps, kwargs["pgd_step_size"]))
-        return defenses.make_inner_max(name, threat, **kwargs)
+    def spy(self, model, x, y, *, generator):
+        calls.append((self.threat.eps, self.defense.step_size))
+        return self.defense.loss(model, x, y, threat=self.threat, generator=generator)
 
-    monkeypatch.setattr(run, "make_inner_max", spy)
-    train_run(TrainConfig(dataset="digits", model="mlp", defense=defense, eps=0.2, pgd_step_size=0.25, pgd_steps=2,
-                          eps_warmup_epochs=4, epochs=5, subset=64, batch_size=32), tmp_path / "r", progress=False)
-    assert [round(e, 6) for e, _ in calls] == [0.05, 0.1, 0.15, 0.2, 0.2]
-    assert all(math.isclose(step / eps, 1.25) for eps, step in calls)
+    monkeypatch.setattr(Objective, "__call__", spy)
+    options = {"steps": 2} if defense == "pgd" else {}
+    train_run(TrainConfig(dataset="digits", model="mlp", defense=build_defense(defense, step_size=0.25, **options),
+                          eps=0.2, eps_warmup_epochs=4, epochs=5, subset=64, batch_size=32), tmp_path / "r",
+              progress=False)
+    epochs = sorted({(round(e, 6), step) for e, step in calls})
+    assert [e for e, _ in epochs] == [0.05, 0.1, 0.15, 0.2]  # eps ramps over 4 epochs, then stays
+    assert all(math.isclose(step / eps, 1.25) for eps, step in epochs)

@@ -10,8 +10,9 @@ result into the threat model itself.
 from __future__ import annotations
 
 from trustlab.attacks.base import eval_mode
-from trustlab.attacks.evaluate import attack_batched, predict
+from trustlab.attacks.evaluate import attack_batched, clean_accuracy, predict, predict_proba
 from trustlab.attacks.fgsm import FGSM, fgsm
+from trustlab.attacks.fgsm_rs import FGSMRS, fgsm_rs
 from trustlab.attacks.linear import Linear, linear_attack
 from trustlab.attacks.losses import LOSSES, cross_entropy, get_loss, is_adversarial, margin, objective
 from trustlab.attacks.pgd import PGD, default_step_size, pgd
@@ -19,6 +20,8 @@ from trustlab.attacks.registry import ATTACKS, Attack, build_attack
 
 __all__ = [
     "fgsm",
+    "fgsm_rs",
+    "FGSMRS",
     "pgd",
     "linear_attack",
     "FGSM",
@@ -35,6 +38,8 @@ __all__ = [
     "is_adversarial",
     "default_step_size",
     "predict",
+    "predict_proba",
+    "clean_accuracy",
     "attack_batched",
     "eval_mode",
 ]

@@ -12,7 +12,7 @@ from trustlab.errors import NumericalError
 from trustlab.threat import LpBall
 from trustlab.validation import check_inputs, check_positive_int
 
-__all__ = ["predict", "attack_batched", "AttackFn"]
+__all__ = ["predict", "predict_proba", "clean_accuracy", "attack_batched", "AttackFn"]
 
 
 class AttackFn(Protocol):
@@ -42,6 +42,33 @@ def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1000) -> Tensor:
     check_positive_int(batch_size, "batch_size")
     with eval_mode(model), torch.no_grad():
         return torch.cat([model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+
+
+def predict_proba(model: nn.Module, x: Tensor, *, batch_size: int = 500) -> Tensor:
+    """Softmax probabilities ``(N, K)`` in eval mode under ``torch.no_grad``; the model's mode is restored.
+
+    Raises:
+        NumericalError: the model's output holds NaN or Inf.
+    """
+    check_model(model)
+    check_positive_int(batch_size, "batch_size")
+    with eval_mode(model), torch.no_grad():
+        probs = torch.cat([torch.softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)])
+    if not torch.isfinite(probs).all():
+        raise NumericalError("model output contains NaN or Inf")
+    return probs
+
+
+def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` (the model's; :func:`trustlab.reports.metrics.accuracy` reads
+    records instead).
+
+    Raises:
+        ValueError: ``x`` is empty.
+    """
+    if len(x) == 0:
+        raise ValueError("dataset is empty: cannot compute accuracy on 0 examples")
+    return float((predict_proba(model, x, batch_size=batch_size).argmax(1) == y).float().mean())
 
 
 def attack_batched(

@@ -6,15 +6,16 @@ from dataclasses import fields
 from typing import Any, Union
 
 from trustlab.attacks.fgsm import FGSM
+from trustlab.attacks.fgsm_rs import FGSMRS
 from trustlab.attacks.linear import Linear
 from trustlab.attacks.pgd import PGD
 from trustlab.threat import LpBall
 
 __all__ = ["ATTACKS", "Attack", "build_attack"]
 
-Attack = Union[FGSM, PGD, Linear]
+Attack = Union[FGSM, FGSMRS, PGD, Linear]
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "linear": Linear}
+ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear}
 
 
 def build_attack(name: str, threat: LpBall, **params: Any) -> Attack:

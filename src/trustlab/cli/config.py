@@ -29,6 +29,9 @@ def load_toml(path: str | Path, *, section: str | None = None) -> dict[str, Any]
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"invalid config {path}: {e}") from None
     if section is not None and isinstance(data.get(section), dict):
+        stray = sorted(k for k in data if k != section)
+        if stray:  # silently ignoring them would train something other than what the file says
+            raise ValueError(f"{path}: keys {stray} lie outside the [{section}] table; move them into it")
         data = data[section]
     return {k.replace("-", "_"): v for k, v in data.items()}
 

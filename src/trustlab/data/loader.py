@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from trustlab.validation import check_positive_int
 
@@ -12,7 +12,14 @@ __all__ = ["make_loader"]
 
 
 def make_loader(
-    x: Tensor, y: Tensor, *, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    sampler: Sampler | None = None,
+    with_indices: bool = False,
 ) -> DataLoader:
     """Wrap ``(x, y)`` in a single-process ``DataLoader``.
 
@@ -25,12 +32,17 @@ def make_loader(
         batch_size: Examples per batch (the last batch may be smaller).
         shuffle: Reshuffle every epoch.
         generator: Source of the shuffle order; required when ``shuffle`` is true.
+        sampler: The order of the examples instead of ``shuffle`` (e.g. a ``DistributedSampler`` that gives each
+            rank its share); ``shuffle`` must then be false.
+        with_indices: yield ``(x, y, idx)`` with each example's index in ``x`` (defenses such as spectral
+            signatures need to know which training examples a batch holds).
 
     Shapes:
         x: (N, *D); y: (N,).
 
     Raises:
-        ValueError: ``batch_size < 1``, ``len(x) != len(y)``, or ``shuffle`` without a ``generator``.
+        ValueError: ``batch_size < 1``, ``len(x) != len(y)``, ``shuffle`` without a ``generator``, or ``shuffle``
+            with a ``sampler``.
         TypeError: ``batch_size`` is not an int.
     """
     check_positive_int(batch_size, "batch_size")
@@ -38,4 +50,8 @@ def make_loader(
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
     if shuffle and generator is None:
         raise ValueError("shuffle=True needs a torch.Generator (trustlab never shuffles with the global RNG)")
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+    if sampler is not None and shuffle:
+        raise ValueError("give either shuffle=True or a sampler, not both (the sampler decides the order)")
+    dataset = TensorDataset(x, y, torch.arange(len(x))) if with_indices else TensorDataset(x, y)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, sampler=sampler,
+                      num_workers=0)

@@ -8,6 +8,7 @@ prediction recomputed (EVAL-02).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -15,21 +16,22 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from safetensors.torch import save
 
-from trustlab.runs.atomic import atomic_write_bytes
-from trustlab.attacks import attack_batched, build_attack
+from trustlab.attacks import attack_batched, build_attack, predict_proba
 from trustlab.attacks.base import threat_dict
 from trustlab.checkpoint import latest_checkpoint, load_checkpoint
 from trustlab.data import make_splits
-from trustlab.runs.records import read_json, versions, write_json, write_records
+from trustlab.device import resolve_device, runtime_info
+from trustlab.progress import progress_bar
+from trustlab.runs import atomic_write_bytes, read_json, versions, write_json, write_records
 from trustlab.seeding import derive_generator
 from trustlab.threat import LpBall
-from trustlab.training.loop import predict_proba
 
 __all__ = ["attack_id", "evaluate_attack", "attack_run"]
+
+log = logging.getLogger(__name__)
 
 
 def attack_id(name: str, threat: LpBall, params: dict[str, Any]) -> str:
@@ -51,7 +53,7 @@ def evaluate_attack(
     gen = derive_generator(seed, 11, device=x.device)
     clean = predict_proba(model, x, batch_size=batch_size)
     chunks = []
-    for i in tqdm(range(0, len(x), batch_size), desc="attack", disable=not progress, unit="batch"):
+    for i in progress_bar(range(0, len(x), batch_size), desc="attack", enabled=progress):
         chunks.append(attack_batched(attack, model, x[i : i + batch_size], y[i : i + batch_size],
                                      batch_size=batch_size, generator=gen))
     x_adv = torch.cat(chunks)
@@ -59,12 +61,13 @@ def evaluate_attack(
     dist = attack.threat.norm(x_adv - x)
     conf, pred = clean.max(1)
     adv_conf, adv_pred = adv.max(1)
+    y, pred, adv_pred, dist, conf, adv_conf = (t.tolist() for t in (y, pred, adv_pred, dist, conf, adv_conf))
     rows = []
-    for i in range(len(y)):
-        correct, adv_correct = bool(pred[i] == y[i]), bool(adv_pred[i] == y[i])
-        rows.append({"idx": i, "y": int(y[i]), "pred": int(pred[i]), "correct": correct,
-                     "adv_pred": int(adv_pred[i]), "adv_correct": adv_correct, "robust": correct and adv_correct,
-                     "dist": float(dist[i]), "confidence": float(conf[i]), "adv_confidence": float(adv_conf[i])})
+    for i in range(len(y)):  # plain Python values: one device-to-host copy per column, not per example
+        correct, adv_correct = pred[i] == y[i], adv_pred[i] == y[i]
+        rows.append({"idx": i, "y": y[i], "pred": pred[i], "correct": correct, "adv_pred": adv_pred[i],
+                     "adv_correct": adv_correct, "robust": correct and adv_correct, "dist": dist[i],
+                     "confidence": conf[i], "adv_confidence": adv_conf[i]})
     return rows, x_adv
 
 
@@ -80,7 +83,7 @@ def _example_grid(x: Tensor, x_adv: Tensor, records: list[dict[str, Any]], k: in
 def attack_run(
     run_dir: Path, name: str, threat: LpBall, params: dict[str, Any], *,
     subset: int | None = None, batch_size: int = 500, seed: int = 0, root: str | None = None, progress: bool = True,
-    reuse: bool = False,
+    reuse: bool = False, device: str = "auto",
 ) -> dict[str, Any]:
     """Load the run's latest checkpoint, attack its test split, and write ``RUN/attacks/<id>/``; returns the summary.
 
@@ -95,7 +98,8 @@ def attack_run(
         done, cfg = read_json(out / "summary.json"), read_json(out / "config.json")
         if done.get("checkpoint") == ckpt_dir.name and cfg.get("seed") == seed and cfg.get("subset") == subset:
             return done
-    model = load_checkpoint(ckpt_dir).model.eval()
+    dev = resolve_device(device)
+    model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
     train_cfg = read_json(run_dir / "config.json")["config"]
     splits = make_splits(train_cfg["dataset"], root=root or train_cfg.get("root"), val_size=train_cfg.get("val_size"),
                          seed=train_cfg["seed"], subset=train_cfg.get("subset"))
@@ -104,7 +108,9 @@ def attack_run(
         if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
             raise ValueError(f"subset must be an int >= 1, got {subset!r}")
         x, y = x[:subset], y[:subset]
+    x, y = x.to(dev), y.to(dev)
     attack = build_attack(name, threat, **params)
+    log.info("attack %s on %d test examples of %s (%s)", name, len(x), run_dir, dev)
     t0 = time.perf_counter()
     records, x_adv = evaluate_attack(model, x, y, attack, batch_size=batch_size, seed=seed, progress=progress)
     seconds = time.perf_counter() - t0
@@ -114,8 +120,9 @@ def attack_run(
                "robust_acc": sum(r["robust"] for r in records) / n, "seconds": seconds,
                "checkpoint": ckpt_dir.name}
     write_json(out / "config.json", {"attack": attack.to_dict(), "name": name, "threat": threat_dict(threat),
-                                     "seed": seed, "subset": subset, "run": str(run_dir), "versions": versions()})
+                                     "seed": seed, "subset": subset, "run": str(run_dir), "runtime": runtime_info(dev),
+                                     "versions": versions()})
     write_records(out / "records.jsonl", records)
-    atomic_write_bytes(out / "examples.safetensors", save(_example_grid(x, x_adv, records)))
+    atomic_write_bytes(out / "examples.safetensors", save(_example_grid(x.cpu(), x_adv.cpu(), records)))
     write_json(out / "summary.json", summary)
     return summary

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,11 @@ from trustlab.reports.runs import load_runs
 from trustlab.reports.tables import matrix_markdown
 from trustlab.threat import LpBall, parse_p
 from trustlab.training.config import TrainConfig
-from trustlab.training.defenses import DEFENSES
+from trustlab.training.defenses import DEFENSES, build_defense, split_prefixed
 from trustlab.training.run import train_run
 from trustlab.validation import check_nonneg_float, check_positive_int
 
-__all__ = ["MatrixConfig", "MatrixResult", "EVAL_TYPES", "run_matrix"]
+__all__ = ["MatrixConfig", "MatrixResult", "EVAL_TYPES", "run_matrix", "matrix_configs"]
 
 log = logging.getLogger(__name__)
 EVAL_TYPES = ("clean", "fgsm", "pgd")
@@ -48,6 +49,7 @@ class MatrixConfig:
     curve_subset: int | None = 1000  # test examples for the eps grid and the convergence check (None: all)
     eval_subset: int | None = None  # test examples for the matrix itself (None: all)
     convergence_check: bool = True  # PGD with 2 * pgd_steps at the same step size
+    defense_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # {"pgd": {"steps": 7}}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", check_nonneg_float(self.eps, "eps", positive=True))
@@ -68,6 +70,16 @@ class MatrixConfig:
         if self.eps_grid is not None:
             grid = tuple(check_nonneg_float(e, "eps_grid value", positive=True) for e in self.eps_grid)
             object.__setattr__(self, "eps_grid", grid)
+        stray = sorted(set(self.defense_options) - set(self.train))
+        if stray:
+            raise ValueError(f"defense_options name defenses {stray} that the matrix does not train "
+                             f"(train = {list(self.train)})")
+        for name in self.train:  # fail now, not after the first runs have trained
+            build_defense(name, **self.defense_options.get(name, {}))
+
+    def defense(self, name: str):
+        """The configured defense of the row ``name``."""
+        return build_defense(name, **self.defense_options.get(name, {}))
 
     @property
     def step_size(self) -> float:
@@ -130,7 +142,7 @@ def run_matrix(
     out = Path(out)
     runs = []
     for defense in mc.train:
-        config = dataclasses.replace(base, defense=defense, eps=mc.eps, p=mc.p)
+        config = dataclasses.replace(base, defense=mc.defense(defense), eps=mc.eps, p=mc.p)
         run = _train_or_reuse(config, out / f"train-{defense}", progress=progress)
         _evaluate(run, mc, seed=base.seed, progress=progress)
         runs.append(run)
@@ -145,3 +157,39 @@ def run_matrix(
               f"PGD: {mc.pgd_steps} steps of {mc.step_size:g}, {mc.restarts} restart(s)")
     return MatrixResult(rows=rows, flags=flags, markdown=matrix_markdown(rows), report=report, runs=runs,
                         header=header)
+
+
+_TRAIN_FLAGS = ("dataset", "model", "epochs", "subset", "seed", "root", "device")  # flags that set the training
+
+
+def matrix_configs(recipe: Mapping[str, Any], flags: Mapping[str, Any]) -> tuple[TrainConfig, MatrixConfig]:
+    """The training base and the matrix configuration from a recipe (``[train]`` and ``[matrix]`` tables) and
+    command-line values (``None`` when not given), which override the recipe.
+
+    Evaluation settings (``pgd_steps``, ``pgd_step_size``, ``restarts``...) go to the matrix only; a defense's own
+    training settings are keys of ``[train]`` prefixed by its name (``pgd_steps = 7`` under ``[train]``). The
+    matrix decides each run's defense, eps and p, so ``[train]`` may not set them.
+
+    Raises:
+        ValueError: an unknown table or key, or an invalid value.
+    """
+    unknown = sorted(set(recipe) - {"train", "matrix"})
+    if unknown:
+        raise ValueError(f"unknown tables {unknown} in the recipe; valid: ['train', 'matrix']")
+    mfields = [f.name for f in dataclasses.fields(MatrixConfig) if f.name != "defense_options"]
+    mvalues = {k.replace("-", "_"): v for k, v in dict(recipe.get("matrix", {})).items()}
+    bad = sorted(set(mvalues) - set(mfields))
+    if bad:
+        raise ValueError(f"unknown [matrix] keys {bad}; valid: {mfields}")
+    mvalues.update({k: v for k, v in flags.items() if k in mfields and v is not None})
+    for key in ("train", "evals", "eps_grid"):
+        if isinstance(mvalues.get(key), list):
+            mvalues[key] = tuple(mvalues[key])
+    tvalues, options = split_prefixed({k.replace("-", "_"): v for k, v in dict(recipe.get("train", {})).items()})
+    fixed = sorted({"defense", "eps", "p"} & set(tvalues))
+    if fixed:
+        raise ValueError(f"[train] may not set {fixed}: the matrix trains one run per defense in its `train` list "
+                         "at its own eps and p; set a defense's options with prefixed keys (pgd_steps = 7)")
+    tvalues.update({k: v for k, v in flags.items() if k in _TRAIN_FLAGS and v is not None})
+    mc = MatrixConfig(**mvalues, defense_options=options)
+    return TrainConfig.from_dict({**tvalues, "eps": mc.eps, "p": mc.p}), mc

@@ -1,20 +1,28 @@
-"""``TrainConfig``: every knob of ``trustlab train``, validated, hashable into a run's identity."""
+"""``TrainConfig``: every knob of ``trustlab train``, validated, hashable into a run's identity.
+
+The defense is a registered configuration (:mod:`trustlab.training.defenses`) with its own settings. A mapping
+(TOML, JSON) may give it as a table (``[train.defense]`` with ``name = "pgd"`` and ``steps = 10``), or as a name
+plus keys prefixed by that name (``defense = "pgd"``, ``pgd_steps = 10``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from trustlab.device import check_device
+from trustlab.runs.identity import config_hash
 from trustlab.threat import parse_p
-from trustlab.training.defenses import DEFENSES
+from trustlab.training.defenses import DEFENSES, Defense, build_defense, split_prefixed
+from trustlab.training.defenses.erm import ERM
 from trustlab.training.optimizers import OPTIMIZERS, SCHEDULES
 from trustlab.validation import check_nonneg_float, check_positive_int
 
-__all__ = ["TrainConfig", "config_hash"]
+__all__ = ["TrainConfig", "config_hash", "NOT_IDENTITY"]
+
+NOT_IDENTITY = ("root", "device")  # where the data and the compute are: not part of what the run is
 
 
 @dataclass(frozen=True)
@@ -23,8 +31,8 @@ class TrainConfig:
 
     dataset: str = "digits"  # registry name in trustlab.data.DATASETS
     model: str = "cnn-small"  # registry name in trustlab.models.MODELS
-    defense: str = "none"  # none | fgsm | fgsm-rs | pgd
-    eps: float = 0.3  # training budget (ignored for defense = none)
+    defense: Defense = field(default_factory=ERM)  # a registered defense (a name or a table in TOML)
+    eps: float = 0.3  # training budget (ignored by defenses that do not attack, such as none)
     p: float = math.inf  # inf or 2
     epochs: int = 10
     batch_size: int = 100
@@ -33,19 +41,17 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cyclic"  # constant | step | cosine | cyclic | one-cycle
-    pgd_steps: int = 10  # inner PGD steps (defense = pgd)
-    pgd_step_size: float | None = None  # inner step at full eps (scaled with eps in warm-up); None: 2.5 * eps / pgd_steps (pgd), 1.25 * eps (fgsm-rs)
     eps_warmup_epochs: int = 0  # linear ramp of eps from 0 over these epochs (0 = off)
-    keep_best: bool = False  # end with the epoch of best validation PGD accuracy at full eps (early stopping)
+    keep_best: bool = False  # end with the epoch of best validation metric at full eps (early stopping)
     seed: int = 0
     val_size: int | None = None  # None: the dataset's default
     subset: int | None = None  # keep N train (and at most N val/test) examples
     eval_batch_size: int = 500
     root: str | None = None  # data root; None: $TRUSTLAB_DATA, then the user cache
+    device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
-        if self.defense not in DEFENSES:
-            raise ValueError(f"unknown defense {self.defense!r}; choose one of {list(DEFENSES)}")
+        object.__setattr__(self, "defense", build_defense(self.defense))
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -55,22 +61,21 @@ class TrainConfig:
         object.__setattr__(self, "lr", check_nonneg_float(self.lr, "lr", positive=True))
         check_nonneg_float(self.momentum, "momentum")
         check_nonneg_float(self.weight_decay, "weight_decay")
-        for name in ("epochs", "batch_size", "pgd_steps", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
             check_positive_int(getattr(self, name), name)
         check_positive_int(self.eps_warmup_epochs, "eps_warmup_epochs", minimum=0)
         check_positive_int(self.seed, "seed", minimum=0)
+        check_device(self.device)
         if not isinstance(self.keep_best, bool):
             raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
-        if self.keep_best and self.defense == "none":
-            raise ValueError("keep_best selects by validation PGD accuracy, which only adversarial training "
-                             "measures; got defense='none'")
-        if self.pgd_step_size is not None:
-            object.__setattr__(self, "pgd_step_size", check_nonneg_float(self.pgd_step_size, "pgd_step_size", positive=True))
+        if self.keep_best and self.defense.selection_metric is None:
+            raise ValueError(f"keep_best selects by a validation metric, which defense {self.defense.name!r} does "
+                             "not measure")
         for name in ("val_size", "subset"):
             if getattr(self, name) is not None:
                 check_positive_int(getattr(self, name), name, minimum=0 if name == "val_size" else 1)
-        if self.defense != "none" and self.eps == 0:
-            raise ValueError(f"defense {self.defense!r} needs eps > 0, got eps=0")
+        if self.defense.adversarial and self.eps == 0:
+            raise ValueError(f"defense {self.defense.name!r} needs eps > 0, got eps=0")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -78,18 +83,64 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Build from a mapping (TOML file, JSON), rejecting unknown keys by name."""
-        unknown = sorted(set(values) - set(cls.field_names()))
+        """Build from a mapping (TOML file, JSON), rejecting unknown keys by name.
+
+        ``defense`` is a name, a ``{"name": ..., **options}`` table or a :class:`Defense`; keys prefixed by a
+        defense's name (``pgd_steps``) set its options and must belong to the chosen defense.
+
+        Raises:
+            ValueError: an unknown key, an option of another defense, or an invalid value.
+        """
+        plain, prefixed = split_prefixed(values)
+        unknown = sorted(set(plain) - set(cls.field_names()))
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid keys: {cls.field_names()}")
-        return cls(**values)
+            raise ValueError(f"unknown config keys {unknown}; valid keys: {cls.field_names()} and a defense's "
+                             f"options prefixed by its name ({', '.join(_option_examples())})")
+        spec = plain.get("defense", "none")
+        name = spec.name if isinstance(spec, Defense) else spec.get("name") if isinstance(spec, dict) else spec
+        others = sorted(k for k in prefixed if k != name)
+        if others:
+            keys = [f"{k.replace('-', '_')}_{o}" for k in others for o in prefixed[k]]
+            raise ValueError(f"config keys {keys} set options of defense(s) {others}, but the defense is {name!r}")
+        defense = build_defense(spec, **prefixed.get(name, {})) if isinstance(name, str) else spec
+        return cls(**{**plain, "defense": defense})
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a run's saved ``config.json["config"]``, also as written before defenses had their own
+        settings (flat ``pgd_steps`` and ``pgd_step_size``, the latter also serving as the FGSM-RS step)."""
+        return cls.from_dict(migrate_legacy(values))
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["defense"] = self.defense.to_dict()
         d["p"] = "inf" if self.p == math.inf else self.p
         return d
 
+    def identity_dict(self) -> dict[str, Any]:
+        """Every field that defines the run (all but the data root and the device)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
 
-def config_hash(values: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a config mapping."""
-    return hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def migrate_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """A config written before defenses had their own settings, in today's form (a no-op on today's)."""
+    values = dict(values)
+    if isinstance(values.get("defense"), dict) or not ({"pgd_steps", "pgd_step_size"} & set(values)):
+        return values
+    name = values.get("defense", "none")
+    steps, step_size = values.pop("pgd_steps", None), values.pop("pgd_step_size", None)
+    if name == "pgd":
+        values["defense"] = {"name": "pgd", "steps": 10 if steps is None else steps, "step_size": step_size}
+    elif name == "fgsm-rs":
+        values["defense"] = {"name": "fgsm-rs", "step_size": step_size}
+    return values
+
+
+def _option_examples() -> list[str]:
+    out = []
+    for name, cls in DEFENSES.items():
+        out += [f"{name.replace('-', '_')}_{f.name}" for f in fields(cls)]
+    return out

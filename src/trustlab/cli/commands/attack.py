@@ -1,0 +1,69 @@
+"""``trustlab attack``: attack a trained run's model on its test split and write per-example records."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import fields
+from pathlib import Path
+
+from trustlab.cli.parsing import given
+
+NAME = "attack"
+HELP = "attack a trained run's model on its test split"
+
+# flag dest -> attack config field; a flag given for an attack without that field is an error
+_ATTACK_FLAGS = {"steps": "--steps", "step_size": "--step-size", "restarts": "--restarts", "loss": "--loss",
+                 "random_start": "--random-start/--no-random-start"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from trustlab.attacks import ATTACKS, LOSSES
+    from trustlab.device import DEVICES
+
+    p.add_argument("run", help="run folder written by `trustlab train`")
+    p.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="the attack (default pgd)")
+    p.add_argument("--eps", type=float, required=True, help="the threat's budget")
+    p.add_argument("--p", default="inf", choices=["inf", "2"], help="the threat's norm (default inf)")
+    p.add_argument("--steps", type=int, help="iterations of an iterative attack (pgd: default 10)")
+    p.add_argument("--step-size", type=float, help="step size (pgd: default 2.5 * eps / steps; fgsm-rs: 1.25 * eps)")
+    p.add_argument("--restarts", type=int, help="restarts; each re-attacks only points still robust (pgd)")
+    p.add_argument("--loss", choices=sorted(LOSSES), help="the loss the attack ascends (default ce)")
+    p.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from a random point of the ball (pgd; default on)")
+    p.add_argument("--subset", type=int, help="attack only the first N test examples of the seeded split")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", help="data root")
+    p.add_argument("--device", choices=list(DEVICES), default="auto", help="where to compute (default auto)")
+
+
+def attack_params(attack: str, args: argparse.Namespace) -> dict:
+    """The attack's settings from the flags given; a flag the attack does not take is an error.
+
+    Raises:
+        ValueError: a flag that ``attack`` does not take, naming the flags it does take.
+    """
+    from trustlab.attacks import ATTACKS
+
+    takes = {f.name for f in fields(ATTACKS[attack])}
+    params = given(args, _ATTACK_FLAGS)
+    foreign = [_ATTACK_FLAGS[k] for k in params if k not in takes]
+    if foreign:
+        valid = [flag for k, flag in _ATTACK_FLAGS.items() if k in takes]
+        raise ValueError(f"attack {attack!r} does not take {', '.join(foreign)}; it takes {valid or 'no setting'}")
+    return params
+
+
+def run(args: argparse.Namespace) -> int:
+    from trustlab.evaluation import attack_run
+    from trustlab.threat import LpBall
+
+    threat = LpBall(args.eps, args.p)
+    summary = attack_run(Path(args.run), args.attack, threat, attack_params(args.attack, args), subset=args.subset,
+                         batch_size=args.batch_size, seed=args.seed, root=args.root, progress=not args.quiet,
+                         device=args.device)
+    norm = "inf" if threat.p == math.inf else "2"
+    print(f"{args.run}: {args.attack} (l_{norm}, eps={threat.eps:g}) on {summary['n']} test examples: "
+          f"clean {summary['clean_acc']:.4f}, robust {summary['robust_acc']:.4f} ({summary['seconds']:.0f} s)")
+    return 0
