@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trustlab.evaluation.diagnosis import CHECKS, Flag, diagnose, diagnose_run
+from trustlab.reports.diagnosis import CHECKS, Flag, diagnose, diagnose_run
 from trustlab.reports.runs import AttackView, RunView
 
 N = 20

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from trustlab.runs.atomic import atomic_write_bytes, atomic_write_text
-from trustlab.evaluation.diagnosis import CHECKS, Flag, diagnose
+from trustlab.reports.diagnosis import CHECKS, Flag, diagnose
 from trustlab.reports import plots
 from trustlab.reports.html import Section, escape, figure_html, html_table, paragraph, render_page
 from trustlab.reports.metrics import (
