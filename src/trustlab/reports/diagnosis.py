@@ -18,7 +18,6 @@ from typing import Any
 
 from trustlab.reports.metrics import accuracy_vs_eps, attack_families, same_eps, worst_case
 from trustlab.reports.runs import AttackView, RunView, norm_label
-from trustlab.threat import parse_p
 
 __all__ = ["Flag", "CHECKS", "SINGLE_STEP_DEFENSES", "diagnose", "diagnose_run"]
 
@@ -163,10 +162,10 @@ def _catastrophic(run: RunView, fgsm: list[AttackView], pgd: list[AttackView], g
             return None
         fgsm_acc, source = counts["fgsm"] / n, "FGSM evaluation"
     else:  # AT-03 as written: the FGSM accuracy the training loop saw, against PGD at the training budget
-        cfg, history = run.train_config, run.summary.get("history") or []
-        if not history or "eps" not in cfg or not same_eps(float(cfg["eps"]), pgd[0].eps):
+        trained, history = run.train_threat, run.summary.get("history") or []
+        if not history or trained is None or not same_eps(trained[0], pgd[0].eps):
             return None
-        if parse_p(cfg.get("p", "inf")) != pgd[0].p or history[-1].get("train_acc") is None:
+        if trained[1] != pgd[0].p or history[-1].get("train_acc") is None:
             return None
         counts, n = _counts({"pgd": pgd})
         fgsm_acc, source = float(history[-1]["train_acc"]), "FGSM training accuracy (last epoch)"

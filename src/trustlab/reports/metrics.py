@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from trustlab.reports.runs import AttackView, RunView, norm_label
-from trustlab.threat import parse_p
 
 __all__ = [
     "EpsCurve",
@@ -207,8 +206,7 @@ def default_threat(runs: Sequence[RunView], eps: float | None = None) -> tuple[f
         runs_at.update(seen)
     if not keys:
         return None
-    trained = {(float(r.train_config["eps"]), parse_p(r.train_config.get("p", "inf")))
-               for r in runs if r.defense != "none" and "eps" in r.train_config}
+    trained = {r.train_threat for r in runs if r.defense != "none" and r.train_threat is not None}
 
     def trained_at(j: int) -> bool:
         return any(same_eps(e, keys[j][0]) and p == keys[j][1] for e, p in trained)

@@ -83,8 +83,7 @@ def build_report(
     threat = default_threat(runs, eps) if eps is None or p is None else (float(eps), p)
     if threat is None and eps is not None:
         threat = (float(eps), p if p is not None else math.inf)
-    out_dir = Path(out_dir)
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # created when the first file is written, so a failed build leaves no empty folder
     flags = diagnose(runs)
     matrix = robustness_matrix(runs, eps=threat[0] if threat else None, p=threat[1] if threat else None)
     data: dict[str, Any] = {"title": title, "matrix": matrix, "flags": [asdict(f) for f in flags]}
@@ -104,6 +103,7 @@ def build_report(
     page = render_page(title, sections, subtitle=subtitle)  # checks section ids before anything is written
     md = [f"# {escape_markdown(title)}\n", f"{escape_markdown(subtitle)}\n"]
     md += [f'<a id="{s.id}"></a>\n\n## {escape_markdown(s.title)}\n\n{s.markdown_body}' for s in sections]
+    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "report.md", "\n".join(md))
     write_json(out_dir / "report.json", data)
     return atomic_write_text(out_dir / "report.html", page)
@@ -135,6 +135,7 @@ class _Body:
     def figure(self, png: bytes, name: str, *, alt: str, caption: str) -> None:
         if self.out_dir is None:
             raise ValueError(f"this section has no output folder to write the figure {name!r} to")
+        (self.out_dir / "figures").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.out_dir / "figures" / name, png)
         self.html.append(figure_html(png, alt=alt, caption=caption))
         self.md.append(f"![{escape_markdown(alt)}](figures/{name})\n\n*{escape_markdown(caption)}*\n")

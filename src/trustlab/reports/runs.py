@@ -97,8 +97,30 @@ class RunView:
 
     @property
     def defense(self) -> str:
-        """The training defense (``"none"``, ``"fgsm"``, ``"fgsm-rs"``, ``"pgd"``...)."""
-        return str(self.train_config.get("defense", "none"))
+        """The training defense's name (``"none"``, ``"fgsm"``, ``"fgsm-rs"``, ``"pgd"``...).
+
+        Reads both formats of ``config.json``: the name alone (``"defense": "pgd"``) and the defense with its
+        parameters (``"defense": {"name": "pgd", "steps": 10, "step_size": null}``).
+        """
+        defense = self.train_config.get("defense", "none")
+        if isinstance(defense, Mapping):
+            return str(defense.get("name", "none"))
+        return str(defense)
+
+    @property
+    def train_threat(self) -> tuple[float, float] | None:
+        """The training config's budget ``(eps, p)`` as recorded (an undefended run may record one too); None
+        when the config records no ``eps``.
+
+        ``eps`` and ``p`` are read from the training config, else from the defense's own parameters.
+        """
+        cfg = self.train_config
+        defense = cfg.get("defense")
+        params = dict(defense) if isinstance(defense, Mapping) else {}
+        eps = cfg.get("eps", params.get("eps"))
+        if eps is None:
+            return None
+        return float(eps), parse_p(cfg.get("p", params.get("p", "inf")))
 
     @property
     def dataset(self) -> str:
@@ -130,10 +152,10 @@ class RunView:
     @property
     def label(self) -> str:
         """How the training is shown in tables, e.g. ``pgd (linf eps=0.3)`` or ``none``."""
-        cfg = self.train_config
-        if self.defense == "none" or "eps" not in cfg:
+        threat = self.train_threat
+        if self.defense == "none" or threat is None:
             return self.defense
-        return f"{self.defense} ({norm_label(parse_p(cfg.get('p', 'inf')))} eps={float(cfg['eps']):g})"
+        return f"{self.defense} ({norm_label(threat[1])} eps={threat[0]:g})"
 
     @property
     def config_hash(self) -> str | None:
@@ -208,7 +230,7 @@ def _read_object(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} does not exist")
     try:
         obj = read_json(path)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} must hold a JSON object, got {type(obj).__name__}")
@@ -218,19 +240,26 @@ def _read_object(path: Path) -> dict[str, Any]:
 def _read_rows(path: Path, required: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text: {exc}") from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {line_no} is not valid JSON: {exc}") from None
-            missing = [k for k in required if not isinstance(row, Mapping) or k not in row]
-            if missing:
-                raise ValueError(f"{path} line {line_no} lacks the fields {missing}")
-            rows.append(row)
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {line_no} is not valid JSON: {exc}") from None
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{path} line {line_no} must hold a JSON object, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise ValueError(f"{path} line {line_no} lacks the fields {missing}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no records; a record set has one row per example")
     return tuple(rows)
 
 
