@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from test_report_html import PGD, _write_json, _write_rows, make_run
+from test_report_html import _write_json, make_run
 from trustlab.reports.diagnosis import diagnose
+from trustlab.reports.html import Section
 from trustlab.reports.metrics import default_threat
 from trustlab.reports.report import build_report
 from trustlab.reports.runs import AttackView, RunView, load_run
@@ -72,3 +73,11 @@ def test_a_records_file_that_is_not_utf8_is_named(tmp_path):
     with pytest.raises(ValueError, match="not UTF-8") as info:
         load_run(run)
     assert str(run / "records.jsonl") in str(info.value)
+
+
+def test_a_clashing_section_id_is_refused_before_anything_is_written(tmp_path):
+    run = make_run(tmp_path, "r", defense="none", clean=40, attacks=[("fgsm", 0.1, {"loss": "ce"}, 10)])
+    out = tmp_path / "report"
+    with pytest.raises(ValueError, match="unique"):
+        build_report([run], out, extra_sections=[Section("curves", "again", "", "")])
+    assert not out.exists()

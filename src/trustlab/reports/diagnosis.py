@@ -185,8 +185,8 @@ def _label_leaking(run: RunView, view: AttackView, tolerance: int) -> Flag | Non
         return None
     return Flag(LABEL_LEAKING, "warning", run.name,
                 f"{_names([view])} accuracy {adv / n:.1%} is above clean accuracy {clean / n:.1%} at "
-                f"eps={view.eps:g}: the attack's use of the true label leaks it (Kurakin et al. 2016); evaluate with predicted labels "
-                "or an iterative attack",
+                f"eps={view.eps:g}: the attack's use of the true label leaks it (Kurakin et al. 2016); evaluate "
+                "with predicted labels or an iterative attack",
                 {**_where([view]), "attack": view.id, "n": n, "clean_acc": clean / n, "fgsm_acc": adv / n})
 
 
