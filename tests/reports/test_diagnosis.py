@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trustlab.evaluation.diagnosis import CHECKS, Flag, diagnose, diagnose_run
+from trustlab.reports.diagnosis import CHECKS, ITERATIVE, SINGLE_STEP, Flag, diagnose, diagnose_run, step_type
 from trustlab.reports.runs import AttackView, RunView
 
 N = 20
@@ -129,3 +129,46 @@ def test_flags_name_the_run_and_every_check_is_described():
                            "non_monotone_in_eps", "pgd_not_converged"}
     with pytest.raises(ValueError, match="tolerance"):
         diagnose_run(healthy(), tolerance=-1)
+
+
+# --- single-step or iterative, from the recorded config --------------------------------------------------------
+
+def apgd(eps: float, rows: list[dict], steps: int = 100) -> AttackView:
+    return attack("apgd", eps, rows, steps=steps, restarts=1, loss="ce")
+
+
+def test_step_type_reads_the_recorded_steps_before_the_name():
+    assert [step_type(v) for v in (attack("fgsm", 0.1, records(1)), attack("fgsm-rs", 0.1, records(1)),
+                                   pgd(0.1, records(1)), attack("pgd", 0.1, records(1)), apgd(0.1, records(1)),
+                                   pgd(0.1, records(1), steps=1), attack("linear", 0.1, records(1)),
+                                   attack("newattack", 0.1, records(1)))] == [
+        SINGLE_STEP, SINGLE_STEP, ITERATIVE, ITERATIVE, ITERATIVE, SINGLE_STEP, None, SINGLE_STEP]
+
+
+def test_an_iterative_attack_of_another_name_is_checked_like_pgd():
+    (flag,) = diagnose([run([attack("fgsm", 0.1, records(6)), apgd(0.1, records(12))])])
+    assert flag.code == "iterative_weaker_than_single_step" and flag.evidence["pgd_robust"] == 12
+    assert "APGD accuracy" in flag.message and "FGSM accuracy" in flag.message
+    (flag,) = diagnose([run([attack("fgsm", 0.1, records(18)), apgd(0.1, records(2))], defense="fgsm")])
+    assert flag.code == "catastrophic_overfitting"
+    # with PGD too, each example counts as broken if either iterative attack broke it
+    views = [attack("fgsm", 0.1, records(6)), pgd(0.1, records(12)), apgd(0.1, records(5))]
+    assert diagnose([run(views)]) == []
+
+
+def test_single_step_attacks_are_found_by_steps_and_the_linear_attack_is_left_out():
+    one_step_pgd = pgd(0.1, records(6), steps=1)  # a 1-step PGD plays FGSM's role
+    (flag,) = diagnose([run([one_step_pgd, pgd(0.1, records(12))])])
+    assert flag.code == "iterative_weaker_than_single_step" and flag.evidence["fgsm_robust"] == 6
+    (flag,) = diagnose([run([attack("fgsm-rs", 0.1, records(14, correct=14, adv_correct=18))])])
+    assert flag.code == "label_leaking" and "FGSM-RS accuracy" in flag.message
+    # the closed-form attack is exact, not a gradient step: PGD is not compared with it
+    assert diagnose([run([attack("linear", 0.1, records(2)), pgd(0.1, records(12))])]) == []
+
+
+def test_convergence_pairs_only_evaluations_of_the_same_attack():
+    params = dict(restarts=1, loss="ce")
+    views = [attack("pgd", 0.1, records(10), steps=10, **params), attack("apgd", 0.1, records(8), steps=20, **params)]
+    assert diagnose([run(views)]) == []
+    (flag,) = diagnose([run([apgd(0.1, records(10), steps=10), apgd(0.1, records(8), steps=20)])])
+    assert flag.code == "pgd_not_converged" and "APGD steps" in flag.message

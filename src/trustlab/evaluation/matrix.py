@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trustlab.evaluation.attack_run import attack_run
-from trustlab.evaluation.diagnosis import Flag, diagnose
+from trustlab.reports.diagnosis import Flag, diagnose
 from trustlab.reports.html import Section
 from trustlab.reports.metrics import robustness_matrix
 from trustlab.reports.report import build_report

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from trustlab.reports.kinds import Cell, record_kinds
 from trustlab.reports.runs import AttackView, RunView, norm_label
-from trustlab.threat import parse_p
 
 __all__ = [
     "EpsCurve",
@@ -207,8 +207,7 @@ def default_threat(runs: Sequence[RunView], eps: float | None = None) -> tuple[f
         runs_at.update(seen)
     if not keys:
         return None
-    trained = {(float(r.train_config["eps"]), parse_p(r.train_config.get("p", "inf")))
-               for r in runs if r.defense != "none" and "eps" in r.train_config}
+    trained = {r.train_threat for r in runs if r.defense != "none" and r.train_threat is not None}
 
     def trained_at(j: int) -> bool:
         return any(same_eps(e, keys[j][0]) and p == keys[j][1] for e, p in trained)
@@ -219,54 +218,53 @@ def default_threat(runs: Sequence[RunView], eps: float | None = None) -> tuple[f
 
 def robustness_matrix(
     runs: Sequence[RunView],
-    eval_types: Sequence[str] = ("clean", "fgsm", "pgd"),
+    eval_types: Sequence[str] | None = None,
     *,
     eps: float | None = None,
     p: float | None = None,
 ) -> list[dict[str, Any]]:
     """The train-defense x evaluation matrix at one threat model: one row per run.
 
-    Each cell is robust accuracy under the run's evaluations of that attack at ``eps``; when several
-    configurations exist (PGD with different steps or restarts), the cell is their per-example worst case and
-    ``notes`` says so. Only the evaluations on the most examples count for a cell: a check run on a subset
-    (such as PGD with twice the steps for the convergence flag) is left out and named in ``notes``. ``worst`` is the per-example worst case over every evaluation in the row (EVAL-11).
+    Each column is a metric of a registered record kind (:mod:`trustlab.reports.kinds`): ``clean`` from the
+    training kind; one column per attack name from the attack kind, whose cell is the robust accuracy under the
+    run's evaluations of that attack at ``eps`` (several configurations, such as PGD with different steps or
+    restarts, are combined per example and ``notes`` says so; an evaluation on fewer examples than the others,
+    such as the convergence check's, is left out and named in ``notes``). ``worst`` is the per-example worst
+    case over every attack column shown (EVAL-11); columns that are not attacks stay out of it.
 
     Args:
         runs: the runs, one row each.
-        eval_types: ``"clean"`` and attack names; each becomes a column.
+        eval_types: the columns, e.g. ``("clean", "fgsm", "pgd", "linear")``; None: each kind's default
+            columns, in kind order (``fgsm``, ``pgd``, ``clean`` for today's kinds).
         eps: the budget; defaults to the one most runs were evaluated at.
         p: the norm; defaults to the most common one at ``eps``.
 
     Returns:
-        Rows ``run, train, eps, p, <eval_types...>, worst, n, notes``; a cell is None where the run has no
-        such evaluation. ``n`` is the number of examples the worst case is over.
+        Rows ``run, train, eps, p, <eval_types...>, worst, n, notes``; a cell is None where no kind measured it
+        for the run. ``n`` is the number of examples the worst case is over.
     """
+    kinds = record_kinds()
+    if eval_types is None:
+        eval_types = tuple(dict.fromkeys(c for kind in kinds for c in kind.columns(runs)))
     if eps is None or p is None:
         chosen = default_threat(runs, eps)
         if chosen is not None:
             eps, p = chosen
     rows = []
     for run in runs:
+        cells: dict[str, Cell] = {}
+        for kind in reversed(kinds):  # the first kind in order wins a column two kinds fill
+            cells.update(kind.metrics(run, eps, p))
         row: dict[str, Any] = {"run": run.name, "train": run.label, "eps": eps,
                                "p": norm_label(p) if p is not None else None}
         used: dict[str, Sequence[Record]] = {}
-        notes = []
-        for kind in eval_types:
-            if kind == "clean":
-                row["clean"] = accuracy(run.records, "correct")
-                continue
-            views = select_attacks(run, kind, eps, p) if eps is not None else []
-            if views:  # cells use the most complete evaluations; subset checks (e.g. 2x steps) stay out
-                n_max = max(v.n for v in views)
-                partial = [v.id for v in views if v.n < n_max]
-                views = [v for v in views if v.n == n_max]
-                if partial:
-                    notes.append(f"{kind}: {', '.join(partial)} ran on fewer examples and is left out of the cell")
-            row[kind] = accuracy(worst_case({v.id: v.records for v in views}), "robust") if views else None
-            if len(views) > 1:
-                notes.append(f"{kind}: per-example worst case of {len(views)} configurations "
-                             f"({', '.join(v.id for v in views)})")
-            used.update({v.id: v.records for v in views})
+        notes: list[str] = []
+        for column in eval_types:
+            cell = cells.get(column)
+            row[column] = cell.value if cell is not None else None
+            if cell is not None:
+                notes += cell.notes
+                used.update(cell.cases)
         if used:
             cases = worst_case(used)
             row["worst"], row["n"] = accuracy(cases, "robust"), len(cases)

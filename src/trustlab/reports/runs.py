@@ -1,8 +1,10 @@
 """Read-only views of run folders: what a report needs, from ``config.json``, ``records.jsonl``, ``summary.json``.
 
 A training run ``RUN/`` holds the clean test predictions; each attack evaluation ``RUN/attacks/<id>/`` holds one
-row per attacked example. :func:`load_run` reads both into frozen values and never loads a model, so every table
-and plot can be rebuilt from records alone (compute writes records; reports read records).
+row per attacked example; a kind registered later (certificates, say) keeps its record sets in its own folder.
+:func:`load_run` reads the record sets of every registered :class:`~trustlab.reports.kinds.RecordKind` into frozen
+values and never loads a model, so every table and plot can be rebuilt from records alone (compute writes
+records; reports read records).
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from trustlab.reports.kinds import RecordKind, RecordSet, record_kinds
 from trustlab.runs.records import read_json
 from trustlab.threat import parse_p
 
-__all__ = ["AttackView", "RunView", "load_run", "load_runs", "load_examples", "norm_label", "CLEAN_KEYS", "ATTACK_KEYS"]
+__all__ = ["AttackView", "RunView", "load_run", "load_runs", "load_examples", "attack_views", "read_record_set",
+           "norm_label", "CLEAN_KEYS", "ATTACK_KEYS", "ATTACK_KIND"]
 
 CLEAN_KEYS = ("idx", "y", "pred", "correct")
 ATTACK_KEYS = ("idx", "y", "pred", "correct", "adv_pred", "adv_correct", "robust")
+ATTACK_KIND = "attack"  # the name of the attack evaluations' kind, whose views RunView.attacks returns
 _THREAT_FIELDS = ("attack", "eps", "p", "lower", "upper")  # not hyperparameters of the attack itself
 
 
@@ -70,9 +76,12 @@ class AttackView:
         return self.path / "examples.safetensors"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RunView:
-    """One training run folder and its attack evaluations.
+    """One training run folder and the record sets under it, per kind.
+
+    The run root is the training kind's record set (``config``, ``records``, ``summary``); the record sets of
+    every other kind are in ``sets``, keyed by kind name.
 
     Args:
         name: a display name (the folder name, made unique by :func:`load_runs`).
@@ -80,7 +89,11 @@ class RunView:
         config: the whole ``config.json`` (``config``, ``identity``, ``versions``, ``dataset``).
         summary: ``summary.json`` (empty while a run is unfinished).
         records: the clean test predictions, one row per example.
-        attacks: the attack evaluations, sorted by (name, p, eps, id).
+        attacks: the attack evaluations, sorted by (name, p, eps, id): the same as ``sets={"attack": ...}``.
+        sets: kind name -> that kind's views, in the kind's order; kinds without a record set are left out.
+
+    Raises:
+        ValueError: the attack views are given both as ``attacks`` and in ``sets``.
     """
 
     name: str
@@ -88,7 +101,37 @@ class RunView:
     config: dict[str, Any]
     summary: dict[str, Any]
     records: tuple[dict[str, Any], ...]
-    attacks: tuple[AttackView, ...]
+    sets: Mapping[str, tuple[Any, ...]]
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        config: dict[str, Any],
+        summary: dict[str, Any],
+        *,
+        records: tuple[dict[str, Any], ...],
+        attacks: tuple[AttackView, ...] = (),
+        sets: Mapping[str, tuple[Any, ...]] | None = None,
+    ) -> None:
+        sets = {str(k): tuple(v) for k, v in (sets or {}).items()}
+        if attacks:
+            if sets.get(ATTACK_KIND):
+                raise ValueError("give the attack views as attacks= or as sets['attack'], not both")
+            sets[ATTACK_KIND] = tuple(attacks)
+        for key, value in (("name", name), ("path", path), ("config", config), ("summary", summary),
+                           ("records", tuple(records))):
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "sets", MappingProxyType({k: v for k, v in sets.items() if v}))
+
+    @property
+    def attacks(self) -> tuple[AttackView, ...]:
+        """The attack evaluations (the ``attack`` kind's views), sorted by (name, p, eps, id)."""
+        return self.sets.get(ATTACK_KIND, ())
+
+    def views(self, kind: str) -> tuple[Any, ...]:
+        """The views of kind ``kind`` (empty when the run has none)."""
+        return self.sets.get(kind, ())
 
     @property
     def train_config(self) -> dict[str, Any]:
@@ -97,8 +140,30 @@ class RunView:
 
     @property
     def defense(self) -> str:
-        """The training defense (``"none"``, ``"fgsm"``, ``"fgsm-rs"``, ``"pgd"``...)."""
-        return str(self.train_config.get("defense", "none"))
+        """The training defense's name (``"none"``, ``"fgsm"``, ``"fgsm-rs"``, ``"pgd"``...).
+
+        Reads both formats of ``config.json``: the name alone (``"defense": "pgd"``) and the defense with its
+        parameters (``"defense": {"name": "pgd", "steps": 10, "step_size": null}``).
+        """
+        defense = self.train_config.get("defense", "none")
+        if isinstance(defense, Mapping):
+            return str(defense.get("name", "none"))
+        return str(defense)
+
+    @property
+    def train_threat(self) -> tuple[float, float] | None:
+        """The training config's budget ``(eps, p)`` as recorded (an undefended run may record one too); None
+        when the config records no ``eps``.
+
+        ``eps`` and ``p`` are read from the training config, else from the defense's own parameters.
+        """
+        cfg = self.train_config
+        defense = cfg.get("defense")
+        params = dict(defense) if isinstance(defense, Mapping) else {}
+        eps = cfg.get("eps", params.get("eps"))
+        if eps is None:
+            return None
+        return float(eps), parse_p(cfg.get("p", params.get("p", "inf")))
 
     @property
     def dataset(self) -> str:
@@ -130,10 +195,10 @@ class RunView:
     @property
     def label(self) -> str:
         """How the training is shown in tables, e.g. ``pgd (linf eps=0.3)`` or ``none``."""
-        cfg = self.train_config
-        if self.defense == "none" or "eps" not in cfg:
+        threat = self.train_threat
+        if self.defense == "none" or threat is None:
             return self.defense
-        return f"{self.defense} ({norm_label(parse_p(cfg.get('p', 'inf')))} eps={float(cfg['eps']):g})"
+        return f"{self.defense} ({norm_label(threat[1])} eps={threat[0]:g})"
 
     @property
     def config_hash(self) -> str | None:
@@ -147,7 +212,11 @@ def norm_label(p: float) -> str:
 
 
 def load_run(path: str | Path, *, name: str | None = None) -> RunView:
-    """Read the run folder ``path`` and every evaluation under ``path/attacks/``.
+    """Read the run folder ``path`` and the record sets of every registered kind under it.
+
+    The run root is the training kind's record set; each other kind's record sets are the sub-folders of
+    ``path/<its folder>/`` (``path/attacks/<id>/`` for attack evaluations). Folders of kinds that are not
+    registered are ignored.
 
     Args:
         path: a training run folder (holding ``config.json`` and ``records.jsonl``).
@@ -157,22 +226,23 @@ def load_run(path: str | Path, *, name: str | None = None) -> RunView:
         A :class:`RunView`; nothing is written and no model is loaded.
 
     Raises:
-        FileNotFoundError: ``path``, its ``config.json`` or ``records.jsonl`` (or those of an attack folder)
-            does not exist; the message names the path.
-        ValueError: a file is not valid JSON, or a record lacks a required field (the message names the file
-            and the line).
+        FileNotFoundError: ``path``, its ``config.json`` or ``records.jsonl`` (or those of a record set's
+            folder) does not exist; the message names the path.
+        ValueError: a file is not valid JSON, a records file is empty, or a record lacks a required field (the
+            message names the file and the line).
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} does not exist")
-    config = _read_object(path / "config.json")
-    records = _read_rows(path / "records.jsonl", CLEAN_KEYS)
-    summary_path = path / "summary.json"
-    summary = _read_object(summary_path) if summary_path.exists() else {}
-    attack_root = path / "attacks"
-    folders = sorted(p for p in attack_root.iterdir() if p.is_dir()) if attack_root.is_dir() else []
-    attacks = sorted((_load_attack(f) for f in folders), key=lambda a: (a.name, a.p, a.eps, a.id))
-    return RunView(name or path.name, path, config, summary, records, tuple(attacks))
+    kinds = record_kinds()
+    root = read_record_set(next(k for k in kinds if k.folder is None), path)
+    sets = {}
+    for kind in kinds:
+        if kind.folder is None or not (path / kind.folder).is_dir():
+            continue
+        found = tuple(read_record_set(kind, f) for f in sorted((path / kind.folder).iterdir()) if f.is_dir())
+        sets[kind.name] = tuple(kind.load(found)) if kind.load is not None else found
+    return RunView(name or path.name, path, root.config, root.summary, records=root.records, sets=sets)
 
 
 def load_runs(paths: list[str | Path]) -> list[RunView]:
@@ -186,20 +256,42 @@ def load_runs(paths: list[str | Path]) -> list[RunView]:
     return out
 
 
-def _load_attack(folder: Path) -> AttackView:
+def read_record_set(kind: RecordKind, folder: str | Path) -> RecordSet:
+    """Read one record set of ``kind``: ``folder``'s ``config.json``, ``records.jsonl`` and ``summary.json``.
+
+    Raises:
+        FileNotFoundError: ``config.json`` or ``records.jsonl`` does not exist.
+        ValueError: a file is not valid JSON, ``records.jsonl`` is empty, or a row lacks one of ``kind.keys``;
+            the message names the file (and the line).
+    """
+    folder = Path(folder)
     config = _read_object(folder / "config.json")
-    records = _read_rows(folder / "records.jsonl", ATTACK_KEYS)
+    records = _read_rows(folder / "records.jsonl", kind.keys)
     summary_path = folder / "summary.json"
     summary = _read_object(summary_path) if summary_path.exists() else {}
-    threat = dict(config.get("threat", {}))
+    return RecordSet(kind=kind.name, id=folder.name, path=folder, config=config, records=records, summary=summary)
+
+
+def attack_views(sets: tuple[RecordSet, ...]) -> tuple[AttackView, ...]:
+    """The attack kind's loader: one :class:`AttackView` per evaluation, sorted by (name, p, eps, id).
+
+    Raises:
+        ValueError: a ``config.json`` records no ``threat.eps`` (the message names it).
+    """
+    return tuple(sorted((_attack_view(s) for s in sets), key=lambda a: (a.name, a.p, a.eps, a.id)))
+
+
+def _attack_view(s: RecordSet) -> AttackView:
+    threat = dict(s.config.get("threat", {}))
     if "eps" not in threat:
-        raise ValueError(f"{folder / 'config.json'} has no threat.eps")
-    attack = dict(config.get("attack", {}))
-    name = str(config.get("name", attack.get("attack", folder.name)))
+        raise ValueError(f"{s.path / 'config.json'} has no threat.eps")
+    attack = dict(s.config.get("attack", {}))
+    name = str(s.config.get("name", attack.get("attack", s.id)))
     params = {k: v for k, v in attack.items() if k not in _THREAT_FIELDS}
     return AttackView(
-        id=folder.name, name=name, eps=float(threat["eps"]), p=parse_p(threat.get("p", "inf")), threat=threat,
-        params=params, seed=config.get("seed"), records=records, summary=summary, config=config, path=folder,
+        id=s.id, name=name, eps=float(threat["eps"]), p=parse_p(threat.get("p", "inf")), threat=threat,
+        params=params, seed=s.config.get("seed"), records=s.records, summary=s.summary, config=s.config,
+        path=s.path,
     )
 
 
@@ -208,7 +300,7 @@ def _read_object(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} does not exist")
     try:
         obj = read_json(path)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} must hold a JSON object, got {type(obj).__name__}")
@@ -218,19 +310,26 @@ def _read_object(path: Path) -> dict[str, Any]:
 def _read_rows(path: Path, required: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text: {exc}") from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {line_no} is not valid JSON: {exc}") from None
-            missing = [k for k in required if not isinstance(row, Mapping) or k not in row]
-            if missing:
-                raise ValueError(f"{path} line {line_no} lacks the fields {missing}")
-            rows.append(row)
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {line_no} is not valid JSON: {exc}") from None
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{path} line {line_no} must hold a JSON object, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise ValueError(f"{path} line {line_no} lacks the fields {missing}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no records; a record set has one row per example")
     return tuple(rows)
 
 

@@ -147,7 +147,9 @@ def matrix_spec(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys and k != "notes"]
-    columns = [k for k in _MATRIX_ORDER if k in keys] + [k for k in keys if k not in _MATRIX_ORDER]
+    head, tail = _MATRIX_ORDER[:-2], _MATRIX_ORDER[-2:]  # other kinds' columns go before worst and n
+    columns = ([k for k in head if k in keys] + [k for k in keys if k not in _MATRIX_ORDER]
+               + [k for k in tail if k in keys])
     percent = {c for c in columns if c in MATRIX_PERCENT or c not in _MATRIX_ORDER}
     return {"columns": columns, "floatfmt": {"eps": "g"}, "percent": percent}
 

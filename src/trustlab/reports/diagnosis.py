@@ -3,6 +3,10 @@
 Every check reads per-example records only (no model is loaded), compares numbers measured on the same
 examples, and tolerates one example of noise. A flag is a value written into the report, never an exception.
 
+The checks compare single-step attacks (FGSM's role) with iterative ones (PGD's role). Which role an evaluation
+plays is read from its recorded configuration by :func:`step_type` (its ``steps``), not from its name, so an
+iterative attack added later (APGD, say) is checked like PGD.
+
 Reference:
     Carlini et al. 2019, "On Evaluating Adversarial Robustness", arXiv:1902.06705 (sanity checks);
     Kurakin et al. 2016, "Adversarial Machine Learning at Scale", arXiv:1611.01236 (label leaking);
@@ -18,9 +22,9 @@ from typing import Any
 
 from trustlab.reports.metrics import accuracy_vs_eps, attack_families, same_eps, worst_case
 from trustlab.reports.runs import AttackView, RunView, norm_label
-from trustlab.threat import parse_p
 
-__all__ = ["Flag", "CHECKS", "SINGLE_STEP_DEFENSES", "diagnose", "diagnose_run"]
+__all__ = ["Flag", "CHECKS", "SINGLE_STEP_DEFENSES", "SINGLE_STEP", "ITERATIVE", "diagnose", "diagnose_run",
+           "step_type"]
 
 LABEL_LEAKING = "label_leaking"
 CATASTROPHIC_OVERFITTING = "catastrophic_overfitting"
@@ -36,6 +40,14 @@ CHECKS: dict[str, str] = {
     NOT_CONVERGED: "PGD success changing by more than 0.5 pp when the steps are doubled",
 }
 SINGLE_STEP_DEFENSES = ("fgsm", "fgsm-rs")
+SINGLE_STEP = "single-step"
+ITERATIVE = "iterative"
+# the role of an attack whose config records no ``steps``; any other such attack is single-step
+_ROLE_WITHOUT_STEPS: dict[str, str | None] = {
+    "fgsm": SINGLE_STEP, "fgsm-rs": SINGLE_STEP,
+    "pgd": ITERATIVE,  # PGD's default is 10 steps
+    "linear": None,  # closed form: exact on the linear models it applies to, so not compared with a gradient step
+}
 _STEP_PARAMS = ("steps", "step_size")  # may differ between the two runs of the convergence check
 
 
@@ -56,6 +68,25 @@ class Flag:
     run: str
     message: str
     evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def step_type(view: AttackView) -> str | None:
+    """Whether an evaluation is :data:`SINGLE_STEP` or :data:`ITERATIVE`, from its recorded configuration.
+
+    A recorded ``steps`` decides: 1 is single-step, more is iterative. Without one, ``fgsm`` and ``fgsm-rs``
+    are single-step, ``pgd`` is iterative (its default is 10 steps), the closed-form ``linear`` attack is
+    neither (None: the checks leave it out), and any other attack is single-step.
+
+    Args:
+        view: an evaluation; only ``name`` and ``params`` are read.
+
+    Returns:
+        :data:`SINGLE_STEP`, :data:`ITERATIVE` or None.
+    """
+    steps = view.params.get("steps")
+    if isinstance(steps, (int, float)) and not isinstance(steps, bool) and steps >= 1:
+        return ITERATIVE if steps > 1 else SINGLE_STEP
+    return _ROLE_WITHOUT_STEPS.get(view.name, SINGLE_STEP)
 
 
 def diagnose(
@@ -106,8 +137,8 @@ def diagnose_run(
             raise ValueError(f"{name} must lie in [0, 1], got {gap}")
     flags: list[Flag] = []
     for views in _by_threat(run.attacks):
-        fgsm = [v for v in views if v.name == "fgsm"]
-        pgd = [v for v in views if v.name == "pgd"]
+        fgsm = [v for v in views if step_type(v) == SINGLE_STEP]  # FGSM's role
+        pgd = [v for v in views if step_type(v) == ITERATIVE]  # PGD's role
         flags += [_label_leaking(run, v, tolerance) for v in fgsm]
         if single_step_defenses is None or run.defense in single_step_defenses:
             flags.append(_catastrophic(run, fgsm, pgd, overfit_gap))
@@ -141,6 +172,11 @@ def _where(views: Sequence[AttackView]) -> dict[str, Any]:
     return {"eps": views[0].eps, "p": norm_label(views[0].p)}
 
 
+def _names(views: Sequence[AttackView]) -> str:
+    """How messages name the attacks of a group: ``FGSM``, ``PGD``, ``APGD/PGD``."""
+    return "/".join(sorted({v.name.upper() for v in views}))
+
+
 def _label_leaking(run: RunView, view: AttackView, tolerance: int) -> Flag | None:
     n = len(view.records)
     clean = sum(bool(r["correct"]) for r in view.records)
@@ -148,9 +184,9 @@ def _label_leaking(run: RunView, view: AttackView, tolerance: int) -> Flag | Non
     if n == 0 or adv - clean <= tolerance:
         return None
     return Flag(LABEL_LEAKING, "warning", run.name,
-                f"FGSM accuracy {adv / n:.1%} is above clean accuracy {clean / n:.1%} at eps={view.eps:g}: the "
-                "attack's use of the true label leaks it (Kurakin et al. 2016); evaluate with predicted labels "
-                "or an iterative attack",
+                f"{_names([view])} accuracy {adv / n:.1%} is above clean accuracy {clean / n:.1%} at "
+                f"eps={view.eps:g}: the attack's use of the true label leaks it (Kurakin et al. 2016); evaluate "
+                "with predicted labels or an iterative attack",
                 {**_where([view]), "attack": view.id, "n": n, "clean_acc": clean / n, "fgsm_acc": adv / n})
 
 
@@ -161,12 +197,12 @@ def _catastrophic(run: RunView, fgsm: list[AttackView], pgd: list[AttackView], g
         counts, n = _counts({"fgsm": fgsm, "pgd": pgd})
         if n == 0:
             return None
-        fgsm_acc, source = counts["fgsm"] / n, "FGSM evaluation"
+        fgsm_acc, source = counts["fgsm"] / n, f"{_names(fgsm)} evaluation"
     else:  # AT-03 as written: the FGSM accuracy the training loop saw, against PGD at the training budget
-        cfg, history = run.train_config, run.summary.get("history") or []
-        if not history or "eps" not in cfg or not same_eps(float(cfg["eps"]), pgd[0].eps):
+        trained, history = run.train_threat, run.summary.get("history") or []
+        if not history or trained is None or not same_eps(trained[0], pgd[0].eps):
             return None
-        if parse_p(cfg.get("p", "inf")) != pgd[0].p or history[-1].get("train_acc") is None:
+        if trained[1] != pgd[0].p or history[-1].get("train_acc") is None:
             return None
         counts, n = _counts({"pgd": pgd})
         fgsm_acc, source = float(history[-1]["train_acc"]), "FGSM training accuracy (last epoch)"
@@ -174,8 +210,8 @@ def _catastrophic(run: RunView, fgsm: list[AttackView], pgd: list[AttackView], g
     if fgsm_acc - pgd_acc <= gap:
         return None
     return Flag(CATASTROPHIC_OVERFITTING, "warning", run.name,
-                f"FGSM accuracy {fgsm_acc:.1%} ({source}) is {100 * (fgsm_acc - pgd_acc):.1f} pp above PGD accuracy "
-                f"{pgd_acc:.1%} "
+                f"{_names(fgsm) if fgsm else 'FGSM'} accuracy {fgsm_acc:.1%} ({source}) is "
+                f"{100 * (fgsm_acc - pgd_acc):.1f} pp above {_names(pgd)} accuracy {pgd_acc:.1%} "
                 f"at eps={pgd[0].eps:g}: catastrophic overfitting (Wong et al. 2020); the model resists only "
                 "single-step attacks",
                 {**_where(pgd), "source": source, "fgsm_acc": fgsm_acc, "pgd_acc": pgd_acc, "n": n,
@@ -189,7 +225,8 @@ def _iterative_weaker(run: RunView, fgsm: list[AttackView], pgd: list[AttackView
     if n == 0 or counts["pgd"] - counts["fgsm"] <= tolerance:
         return None
     return Flag(ITERATIVE_WEAKER, "error", run.name,
-                f"PGD accuracy {counts['pgd'] / n:.1%} is above FGSM accuracy {counts['fgsm'] / n:.1%} at "
+                f"{_names(pgd)} accuracy {counts['pgd'] / n:.1%} is above {_names(fgsm)} accuracy "
+                f"{counts['fgsm'] / n:.1%} at "
                 f"eps={pgd[0].eps:g}: an iterative attack should never be weaker; suspect a bug in the attack "
                 "or gradient masking",
                 {**_where(pgd), "n": n, "fgsm_acc": counts["fgsm"] / n, "pgd_acc": counts["pgd"] / n,
@@ -203,7 +240,8 @@ def _not_converged(run: RunView, pgd: list[AttackView], gap: float) -> list[Flag
         if not isinstance(steps, int) or steps < 1:
             continue
         rest = {k: v for k, v in a.params.items() if k not in _STEP_PARAMS}
-        longer = [b for b in pgd if isinstance(b.params.get("steps"), int) and b.params["steps"] >= 2 * steps
+        longer = [b for b in pgd if b.name == a.name and isinstance(b.params.get("steps"), int)
+                  and b.params["steps"] >= 2 * steps
                   and {k: v for k, v in b.params.items() if k not in _STEP_PARAMS} == rest]
         if not longer:
             continue
@@ -214,10 +252,10 @@ def _not_converged(run: RunView, pgd: list[AttackView], gap: float) -> list[Flag
         change = (counts["k"] - counts["more"]) / n  # rise in success rate = drop in robust accuracy
         if abs(change) <= gap:
             continue
-        why = ("PGD has not converged; robust accuracy is overestimated" if change > 0 else
+        why = (f"{_names([a])} has not converged; robust accuracy is overestimated" if change > 0 else
                "more steps helped the defender: the attack does not keep its best iterate (EVAL-06)")
         flags.append(Flag(NOT_CONVERGED, "warning", run.name,
-                          f"going from {steps} to {b.params['steps']} PGD steps at eps={a.eps:g} changed the "
+                          f"going from {steps} to {b.params['steps']} {_names([a])} steps at eps={a.eps:g} changed the "
                           f"success rate by {100 * change:+.1f} pp: {why}",
                           {**_where([a]), "n": n, "steps": [steps, b.params["steps"]], "attacks": [a.id, b.id],
                            "robust_acc": [counts["k"] / n, counts["more"] / n], "success_change": change}))
