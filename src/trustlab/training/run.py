@@ -87,7 +87,8 @@ def _flatten_defense(values: dict[str, Any]) -> dict[str, Any]:
         return values
     spec = dict(spec)
     name = spec.pop("name", "none")
-    return {**values, "defense": name, **{option_prefix(name) + k: v for k, v in spec.items()}}
+    # keys already prefixed (a flag such as --trades-beta) win over the table's
+    return {**{option_prefix(name) + k: v for k, v in spec.items()}, **values, "defense": name}
 
 
 def _prepare_out(out: Path, *, resume: bool, overwrite: bool, writer: RunWriter) -> None:
