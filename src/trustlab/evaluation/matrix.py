@@ -113,7 +113,7 @@ def _train_or_reuse(config: TrainConfig, run: Path, *, progress: bool) -> Path:
     return run
 
 
-def _evaluate(run: Path, mc: MatrixConfig, *, seed: int, progress: bool) -> None:
+def _evaluate(run: Path, mc: MatrixConfig, *, seed: int, progress: bool, device: str = "auto") -> None:
     pgd = {"steps": mc.pgd_steps, "step_size": mc.step_size, "restarts": mc.restarts}
     jobs: list[tuple[str, float, dict[str, Any], int | None]] = []
     if "fgsm" in mc.evals:
@@ -128,7 +128,8 @@ def _evaluate(run: Path, mc: MatrixConfig, *, seed: int, progress: bool) -> None
         if "pgd" in mc.evals:  # same number of steps, step size scaled with eps
             jobs.append(("pgd", e, {**pgd, "step_size": mc.step_size * e / mc.eps}, mc.curve_subset))
     for name, eps, params, subset in jobs:
-        attack_run(run, name, LpBall(eps, mc.p), params, subset=subset, seed=seed, progress=progress, reuse=True)
+        attack_run(run, name, LpBall(eps, mc.p), params, subset=subset, seed=seed, progress=progress, reuse=True,
+                   device=device)
 
 
 def run_matrix(
@@ -144,7 +145,7 @@ def run_matrix(
     for defense in mc.train:
         config = dataclasses.replace(base, defense=mc.defense(defense), eps=mc.eps, p=mc.p)
         run = _train_or_reuse(config, out / f"train-{defense}", progress=progress)
-        _evaluate(run, mc, seed=base.seed, progress=progress)
+        _evaluate(run, mc, seed=base.seed, progress=progress, device=base.device)
         runs.append(run)
     views = load_runs(runs)
     rows = robustness_matrix(views, mc.evals, eps=mc.eps, p=mc.p)
