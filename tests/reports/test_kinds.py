@@ -152,10 +152,13 @@ def test_registry_refuses_clashes_and_bad_kinds(certificate_kind):
         unregister_kind("training")
     with pytest.raises(ValueError, match="unknown record kind 'nope'"):
         unregister_kind("nope")
-    for bad in (dict(name="Bad Name", keys=("idx",)), dict(name="k", keys=()), dict(name="k", keys=("idx",),
-                folder="../up"), dict(name="k", keys=("idx",), folder="f", sections=(("a", _section),) * 2),
-                dict(name="k", keys=("idx",), load=tuple)):
-        with pytest.raises(ValueError):
+    for bad, match in ((dict(name="Bad Name", keys=("idx",)), "kind name must be lower-case letters"),
+                       (dict(name="k", keys=()), r"keys must name at least one field, got \(\)"),
+                       (dict(name="k", keys=("idx",), folder="../up"), "folder must be one lower-case folder name"),
+                       (dict(name="k", keys=("idx",), folder="f", sections=(("a", _section),) * 2),
+                        r"section ids must be unique non-empty strings, got \['a', 'a'\]"),
+                       (dict(name="k", keys=("idx",), load=tuple), "reads the run root, whose view is the RunView")):
+        with pytest.raises(ValueError, match=match):
             RecordKind(**bad)
 
 
