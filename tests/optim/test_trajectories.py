@@ -22,6 +22,7 @@ from trustlab.optim import (
     trajectory_table,
 )
 from trustlab.optim.lecture import GRAD_TOL, STATUSES
+from trustlab.optim.trajectories import HALVING_FACTOR
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -171,21 +172,26 @@ def test_seeded_noisy_gd_is_reproducible_and_seeds_differ_and_global_rng_is_unto
 
 def test_start_is_not_mutated_and_records_are_read_only():
     start = torch.tensor([1.0, 0.5], dtype=torch.float32)
-    t = run_trajectory("cubic-saddle", start, lr=0.1, steps=5)
+    steps = 5
+    t = run_trajectory("cubic-saddle", start, lr=0.1, steps=steps)
     assert torch.equal(start, torch.tensor([1.0, 0.5])) and start.grad is None and not start.requires_grad
-    assert t.points.shape == (6, 2) and t.losses.shape == (6,) and t.lrs.shape == (5,) and t.grad_norms.shape == (6,)
-    with pytest.raises(ValueError):
+    assert t.points.shape == (steps + 1, len(start)) and t.lrs.shape == (steps,)  # iterates w_0 .. w_T, T updates
+    assert t.losses.shape == t.grad_norms.shape == (steps + 1,)
+    with pytest.raises(ValueError, match="assignment destination is read-only"):
         t.points[0, 0] = 3.0
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_schedules_start_at_lr_and_never_increase(schedule):
-    t = run_trajectory("ill-conditioned", (-4.0, 1.0), lr=0.02, steps=40, schedule=schedule)
-    assert t.lrs[0] == 0.02 and np.all(np.diff(t.lrs) <= 1e-15)
+    lr, steps = 0.02, 40
+    t = run_trajectory("ill-conditioned", (-4.0, 1.0), lr=lr, steps=steps, schedule=schedule)
+    assert t.lrs[0] == lr and np.all(np.diff(t.lrs) <= 1e-15)
     if schedule == "constant":
-        assert np.all(t.lrs == 0.02)
-    elif schedule == "halving":
-        assert t.lrs[10] == pytest.approx(0.01) and t.lrs[9] == 0.02
+        assert np.all(t.lrs == lr)
+    elif schedule == "halving":  # x0.5 every steps // 4 updates
+        quarter = steps // 4
+        assert t.lrs[quarter - 1] == lr and t.lrs[quarter] == pytest.approx(HALVING_FACTOR * lr)
+        assert t.lrs[-1] == pytest.approx(HALVING_FACTOR ** 3 * lr)
     else:
         assert t.lrs[-1] < 0.1 * t.lrs[0]
 
