@@ -101,7 +101,7 @@ def test_gd_below_the_degenerate_saddle_diverges_without_raising():
     assert np.all(np.diff(t.points[:, 1]) < 0)  # heading to -inf
 
 
-# --- the cubic: basin of the local minimum and the learning-rate limit -----------------------------------------
+# --- the cubic: basin of the local minimum and the learning-rate limit ------------------------------------
 
 
 def test_cubic_converges_to_the_local_min_from_inside_its_basin():
