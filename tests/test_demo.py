@@ -1,21 +1,46 @@
 """The demo end to end (issue 3): digits matrix, diagnosis, optimizer trajectories, and an HTML report that renders
-in headless Chromium with every section and no console error."""
+in headless Chromium with every section and no console error.
+
+The fast test runs every step of the demo on a small recipe; the slow one runs the demo's own recipe and checks its
+claims about accuracy (`make test-slow`).
+"""
 
 from __future__ import annotations
 
-from trustlab.demo import DEMO_MATRIX, run_demo
+import dataclasses
+
+import pytest
+
+from trustlab.demo import DEMO_MATRIX, DEMO_TRAIN, run_demo
 from trustlab.reports.report import SECTION_IDS
 
+# the demo's steps at a fraction of its cost: few examples, one epoch, short attacks, one curve point
+SMALL_TRAIN = dataclasses.replace(DEMO_TRAIN, epochs=1, subset=200, pgd_steps=2)
+SMALL_MATRIX = dataclasses.replace(DEMO_MATRIX, pgd_steps=3, eps_grid=(DEMO_MATRIX.eps / 2,), curve_subset=100)
 
-def test_demo_writes_report_that_renders(tmp_path, capsys, render_in_chromium):
-    result = run_demo(tmp_path / "demo", progress=False)
-    out = capsys.readouterr().out
-    assert "| run |" in out and "Report:" in out and str(result.report.resolve()) in out
-    assert [r["train"].split()[0] for r in result.rows] == list(DEMO_MATRIX.train)
-    none, fgsm, pgd = result.rows
-    assert none["clean"] > 0.9 and pgd["pgd"] > none["pgd"]  # adversarial training buys PGD robustness on digits
-    dom, console = render_in_chromium(result.report, tmp_path)
+
+def _run_and_render(out, capsys, render_in_chromium, **recipe):
+    """Run the demo into ``out / "demo"``, check what it printed and how its report renders; return the result."""
+    result = run_demo(out / "demo", progress=False, **recipe)
+    printed = capsys.readouterr().out
+    assert "| run |" in printed and "Report:" in printed and str(result.report.resolve()) in printed
+    assert [r["train"].split()[0] for r in result.rows] == list(recipe.get("matrix", DEMO_MATRIX).train)
+    dom, console = render_in_chromium(result.report, out)
     assert console == []
     for sid in (*SECTION_IDS, "optim"):
         assert f'id="{sid}"' in dom, sid
-    assert (tmp_path / "demo" / "optim" / "optim-cubic-saddle.png").stat().st_size > 0
+    assert (out / "demo" / "optim" / "optim-cubic-saddle.png").stat().st_size > 0
+    return result
+
+
+def test_demo_steps_on_a_small_recipe_write_a_report_that_renders(tmp_path, capsys, render_in_chromium):
+    result = _run_and_render(tmp_path, capsys, render_in_chromium, train=SMALL_TRAIN, matrix=SMALL_MATRIX)
+    for row in result.rows:
+        assert 0 <= row["worst"] <= min(row["fgsm"], row["pgd"]) <= row["clean"] <= 1  # robust implies correct
+
+
+@pytest.mark.slow
+def test_demo_writes_report_that_renders(tmp_path, capsys, render_in_chromium):
+    result = _run_and_render(tmp_path, capsys, render_in_chromium)
+    none, fgsm, pgd = result.rows
+    assert none["clean"] > 0.9 and pgd["pgd"] > none["pgd"]  # adversarial training buys PGD robustness on digits

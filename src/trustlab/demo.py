@@ -21,12 +21,17 @@ DEMO_MATRIX = MatrixConfig(eps=0.1, train=("none", "fgsm", "pgd"), pgd_steps=20,
                            defense_options={"pgd": {"steps": 7}})
 
 
-def run_demo(out: Path, *, progress: bool = True) -> MatrixResult:
-    """Run the demo into ``out``; prints the matrix, the diagnosis and where the report is."""
+def run_demo(
+    out: Path, *, progress: bool = True, train: TrainConfig = DEMO_TRAIN, matrix: MatrixConfig = DEMO_MATRIX
+) -> MatrixResult:
+    """Run the demo into ``out``; prints the matrix, the diagnosis and where the report is.
+
+    ``train`` and ``matrix`` default to the demo's recipe; a smaller one runs the same steps faster (the tests).
+    """
     out = Path(out)
     rows = run_lecture_demos(out / "optim")
     write_optim_outputs(rows, out / "optim")
-    result = run_matrix(DEMO_TRAIN, DEMO_MATRIX, out, progress=progress,
+    result = run_matrix(train, matrix, out, progress=progress,
                         extra_sections=(optim_section(rows, out / "optim"),))
     print(f"Optimizer trajectories (figures in {out / 'optim'}):")
     for r in rows:

@@ -225,9 +225,10 @@ def test_validation_happens_before_any_forward(test_batch):
     calls = []
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
     model.register_forward_pre_hook(lambda m, a: calls.append(1))
-    for bad in ({"steps": -1}, {"restarts": 0}, {"loss": "x"}):
-        with pytest.raises(ValueError):
+    for bad, match in (({"steps": -1}, "steps must be >= 0, got -1"), ({"restarts": 0}, "restarts must be >= 1, got 0"),
+                       ({"loss": "x"}, r"loss must be one of \['ce', 'margin'\], got 'x'")):
+        with pytest.raises(ValueError, match=match):
             pgd(model, x, y, LpBall(0.1), **bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="y_target equals the true label y for example 0"):
         pgd(model, x, y, LpBall(0.1), y_target=y)
     assert calls == []

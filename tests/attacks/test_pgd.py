@@ -169,7 +169,10 @@ def test_pgd_without_random_start_starts_at_x(small_model, test_batch):
     assert torch.equal(one[improved], fast[improved])
 
 
-def band_model(c: float = 0.6, width: float = 0.05) -> nn.Module:
+BAND_CENTER, BAND_WIDTH = 0.6, 0.05
+
+
+def band_model(c: float = BAND_CENTER, width: float = BAND_WIDTH) -> nn.Module:
     """A hand-weighted 1-D net: class 1 wins only in the band |x - c| < width (z_1 - z_0 = 1 - |x - c| / width).
 
     The loss gradient always points at c, so a step larger than the band makes PGD jump across it and back.
@@ -191,7 +194,7 @@ def test_pgd_returns_the_best_iterate_not_the_last(loss, steps):
     x, y = torch.tensor([[0.5], [0.52]]), torch.tensor([0, 0])
     x_adv = pgd(model, x, y, LpBall(0.3), steps=steps, step_size=0.13, random_start=False, loss=loss)
     assert broken(model, x_adv, y).all()
-    assert ((x_adv - 0.6).abs() < 0.05).all()
+    assert ((x_adv - BAND_CENTER).abs() < BAND_WIDTH).all()  # broken means inside the band
 
 
 def test_pgd_ranking_prefers_success_over_loss():
@@ -209,10 +212,11 @@ def test_pgd_ranking_prefers_success_over_loss():
 
 def test_pgd_default_step_size_and_generator(small_model, test_batch):
     x, y = test_batch
-    threat = LpBall(0.1)
-    assert default_step_size(0.1, 10) == pytest.approx(0.025)
+    eps, steps = 0.1, 10  # pgd's default steps
+    threat = LpBall(eps)
+    assert default_step_size(eps, steps) == pytest.approx(2.5 * eps / steps)  # Madry et al. 2018
     default = pgd(small_model, x, y, threat)
-    explicit = pgd(small_model, x, y, threat, steps=10, step_size=0.025, generator=gen(0))
+    explicit = pgd(small_model, x, y, threat, steps=steps, step_size=2.5 * eps / steps, generator=gen(0))
     assert torch.equal(default, explicit)  # None means a fresh generator seeded with 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import struct
 import tarfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 
 from trustlab.data import DATASETS, DatasetInfo, dataset_info, load_dataset, resolve_roots
 from trustlab.data import cifar10, download, sources
+from trustlab.data.digits import DIGITS_TEST_FRACTION
 from trustlab.data.download import md5_of
 from trustlab.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from trustlab.errors import DataError
@@ -141,15 +143,21 @@ def test_resolve_roots_order(tmp_path, monkeypatch):
 
 
 def test_digits_shape_range_labels():
+    from sklearn.datasets import load_digits
+
     x, y = load_dataset("digits", "train")
     xt, yt = load_dataset("digits", "test")
-    assert x.shape == (1437, 1, 8, 8) and xt.shape == (360, 1, 8, 8)
+    every = torch.as_tensor(load_digits().target)
+    n_test = math.ceil(DIGITS_TEST_FRACTION * len(every))  # train_test_split rounds a fractional test size up
+    assert x.shape == (len(every) - n_test, 1, 8, 8) and xt.shape == (n_test, 1, 8, 8)
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
     assert set(y.tolist()) == set(range(10)) and set(yt.tolist()) == set(range(10))
-    # The test split is fixed (not seeded by the run) and stratified: every class has 36 +- 1 test images.
+    # The test split is fixed (not seeded by the run) and stratified: each class's share of the test images is its
+    # share of all digits, to within one image.
     assert torch.equal(load_dataset("digits", "test")[1], yt)
-    assert int(torch.bincount(yt).min()) >= 35
+    assert torch.equal(torch.bincount(torch.cat([y, yt])), torch.bincount(every))
+    assert float((torch.bincount(yt) - DIGITS_TEST_FRACTION * torch.bincount(every)).abs().max()) < 1
 
 
 def test_mnist_from_shared_data(shared_data_root):
@@ -179,7 +187,7 @@ def test_idx_round_trip_from_env_root(tmp_path, monkeypatch):
     trust_files(monkeypatch, "mnist", tmp_path / "data" / "mnist")
     monkeypatch.setenv("TRUSTLAB_DATA", str(tmp_path / "data"))
     x, y = load_dataset("mnist", "test", download=False)
-    assert x.shape == (7, 1, 28, 28) and x.dtype == torch.float32
+    assert x.shape == (len(arrays["t10k-images-idx3-ubyte.gz"]), 1, 28, 28) and x.dtype == torch.float32
     expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte.gz"].astype(np.float32) / 255).unsqueeze(1)
     assert torch.equal(x, expected)
     assert y.tolist() == arrays["t10k-labels-idx1-ubyte.gz"].tolist()
@@ -272,7 +280,8 @@ def _serve(tmp_path, monkeypatch, dataset: str = "mnist") -> Path:
 def test_download_falls_back_to_second_mirror_and_verifies(tmp_path, monkeypatch):
     server = _serve(tmp_path, monkeypatch)
     x, y = load_dataset("mnist", "test", root=tmp_path / "root")
-    assert x.shape == (7, 1, 28, 28)
+    served = read_idx(server / "t10k-images-idx3-ubyte.gz", IMAGES_MAGIC)  # the images the mirror holds
+    assert torch.equal(x, torch.from_numpy(served.astype(np.float32) / 255).unsqueeze(1))
     got = sorted(p.name for p in (tmp_path / "root" / "mnist").iterdir())
     assert got == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]  # only the split's files, no .part
     assert md5_of(tmp_path / "root" / "mnist" / got[0]) == md5_of(server / got[0])
@@ -299,7 +308,7 @@ def test_offline_error_names_files_and_directory(tmp_path, monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(download, "_open_url", offline)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match="could not download") as info:
         load_dataset("fashion-mnist", "train", root=tmp_path / "root")
     message = str(info.value)
     assert "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in message
@@ -321,8 +330,8 @@ def test_cifar_bin_round_trip(tmp_path):
     written = write_cifar_bins(tmp_path / "cifar10" / "cifar-10-batches-bin")
     x, y = load_dataset("cifar10", "train", root=tmp_path, download=False)
     xt, yt = load_dataset("cifar10", "test", root=tmp_path, download=False)
-    assert x.shape == (100, 3, 32, 32) and xt.shape == (20, 3, 32, 32) and x.dtype == torch.float32
     images = np.concatenate([written[n][0] for n in sources.CIFAR_BINS["train"]])
+    assert x.shape == images.shape and xt.shape == written["test_batch.bin"][0].shape and x.dtype == torch.float32
     assert torch.equal(x, torch.from_numpy(images.astype(np.float32) / 255))
     assert y.tolist() == np.concatenate([written[n][1] for n in sources.CIFAR_BINS["train"]]).tolist()
     assert yt.dtype == torch.int64 and yt.tolist() == written["test_batch.bin"][1].tolist()
@@ -410,7 +419,7 @@ def test_cifar_offline_error_names_tarball_and_directory(tmp_path, monkeypatch):
         raise OSError("no route to host")
 
     monkeypatch.setattr(download, "_open_url", offline)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match="could not download") as info:
         load_dataset("cifar10", "train", root=tmp_path)
     message = str(info.value)
     assert f"cifar-10-binary.tar.gz into {tmp_path / 'cifar10'}/" in message

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 
 import pytest
 import torch
 
 from trustlab.data import Splits, load_dataset, make_loader, make_splits
-from trustlab.data.splits import carve_indices, fingerprint_of
+from trustlab.data.digits import DIGITS_TEST_FRACTION
+from trustlab.data.splits import DEFAULT_VAL_SIZE, DIGITS_VAL_FRACTION, carve_indices, fingerprint_of
 
 
 @pytest.fixture(autouse=True)
@@ -23,20 +25,35 @@ def rows(x: torch.Tensor, y: torch.Tensor) -> Counter:
     return Counter(zip(map(tuple, x.flatten(1).tolist()), y.tolist()))
 
 
+def digits_sizes() -> tuple[int, int, int]:
+    """(train, val, test) sizes of the default digits splits, from scikit-learn's digits and the documented rule.
+
+    The test part is the fixed 20% split (rounded up, as ``train_test_split`` rounds a fractional test size), and
+    val is 10% of the rest.
+    """
+    from sklearn.datasets import load_digits
+
+    n = len(load_digits().target)
+    test = math.ceil(DIGITS_TEST_FRACTION * n)
+    val = round(DIGITS_VAL_FRACTION * (n - test))
+    return n - test - val, val, test
+
+
 def test_digits_default_sizes():
     splits = make_splits("digits")
     assert isinstance(splits, Splits) and splits.info.name == "digits" and splits.seed == 0
-    assert [len(s[0]) for s in (splits.train, splits.val, splits.test)] == [1293, 144, 360]  # val = 10% of 1437
+    assert tuple(len(s[0]) for s in (splits.train, splits.val, splits.test)) == digits_sizes()
     for x, y in (splits.train, splits.val, splits.test):
         assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert len(splits.fingerprint) == 64 and int(splits.fingerprint, 16) >= 0
 
 
 def test_val_is_carved_from_train_without_overlap():
-    train_idx, val_idx = carve_indices(100, 30, torch.Generator().manual_seed(3))
-    assert len(train_idx) == 70 and len(val_idx) == 30
+    n, val_size = 100, 30
+    train_idx, val_idx = carve_indices(n, val_size, torch.Generator().manual_seed(3))
+    assert len(train_idx) == n - val_size and len(val_idx) == val_size
     assert not set(train_idx.tolist()) & set(val_idx.tolist())
-    assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(100))
+    assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(n))
     # End to end: train + val is exactly the official training part, and the test part is untouched.
     splits = make_splits("digits", seed=5)
     full = load_dataset("digits", "train")
@@ -62,16 +79,19 @@ def test_fingerprint_covers_all_splits():
 
 
 def test_subset_sizes_and_membership():
-    small = make_splits("digits", subset=50, seed=4)
-    assert [len(p[0]) for p in (small.train, small.val, small.test)] == [50, 50, 50]
-    assert small.train[0].shape == (50, 1, 8, 8)
+    subset = 50  # below every part's size: each part keeps exactly that many
+    small = make_splits("digits", subset=subset, seed=4)
+    assert [len(p[0]) for p in (small.train, small.val, small.test)] == [subset] * 3
+    assert small.train[0].shape == (subset, 1, 8, 8)
     full = make_splits("digits", seed=4)
     # Subsets come from the same seeded carving: subset train/val lie inside the full train/val.
     assert not rows(*small.train) - rows(*full.train)
     assert not rows(*small.val) - rows(*full.val)
     assert not rows(*small.test) - rows(*full.test)
-    big = make_splits("digits", subset=1000)
-    assert [len(p[0]) for p in (big.train, big.val, big.test)] == [1000, 144, 360]
+    big_subset = 1000  # above the val and test sizes: those parts stay whole
+    big = make_splits("digits", subset=big_subset)
+    assert [len(p[0]) for p in (big.train, big.val, big.test)] == [min(n, big_subset) for n in digits_sizes()]
+    assert len(big.train[0]) == big_subset < digits_sizes()[0]
     again = make_splits("digits", subset=50, seed=4)
     assert torch.equal(again.test[0], small.test[0]) and again.fingerprint == small.fingerprint
 
@@ -94,9 +114,10 @@ def test_bad_val_size_and_seed_raise_valueerror(kwargs, pattern):
 
 
 def test_inp10_val_size_leaving_no_training_data_raises():
-    with pytest.raises(ValueError, match=r"dataset is empty: val_size=1437 leaves no training examples"):
-        make_splits("digits", val_size=1437)
-    assert len(make_splits("digits", val_size=1436).train[0]) == 1
+    n = len(load_dataset("digits", "train")[0])
+    with pytest.raises(ValueError, match=rf"dataset is empty: val_size={n} leaves no training examples"):
+        make_splits("digits", val_size=n)
+    assert len(make_splits("digits", val_size=n - 1).train[0]) == 1
 
 
 def test_unknown_dataset_name():
@@ -108,15 +129,18 @@ def test_splits_are_frozen_and_leave_global_rng_alone():
     state = torch.get_rng_state()
     splits = make_splits("digits", subset=20)
     assert torch.equal(state, torch.get_rng_state())
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'seed'"):
         splits.seed = 3
 
 
 def test_mnist_splits_from_shared_data(shared_data_root):
-    splits = make_splits("mnist", root=shared_data_root, download=False, subset=100, seed=0)
-    assert [len(p[0]) for p in (splits.train, splits.val, splits.test)] == [100, 100, 100]
+    subset = 100
+    splits = make_splits("mnist", root=shared_data_root, download=False, subset=subset, seed=0)
+    assert [len(p[0]) for p in (splits.train, splits.val, splits.test)] == [subset] * 3
     full = make_splits("mnist", root=shared_data_root, download=False)
-    assert [len(p[0]) for p in (full.train, full.val, full.test)] == [55000, 5000, 10000]
+    val = DEFAULT_VAL_SIZE["mnist"]
+    # MNIST's official parts are 60,000 training and 10,000 test images; val is carved from the training part
+    assert [len(p[0]) for p in (full.train, full.val, full.test)] == [60_000 - val, val, 10_000]
     assert full.test[1][:5].tolist() == [7, 2, 1, 0, 4]
 
 

@@ -37,7 +37,7 @@ def test_json_refuses_nan_without_touching_file(tmp_path):
     path = tmp_path / "j.json"
     atomic_write_json(path, {"ok": 1})
     before = path.read_bytes()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         atomic_write_json(path, {"x": float("nan")})
     assert path.read_bytes() == before
     assert _leftovers(tmp_path) == []
@@ -89,10 +89,10 @@ def test_interrupt_mid_write_removes_temp_and_reraises(tmp_path, monkeypatch):
     atomic_write_text(path, "old")
 
     def interrupted(src, dst):
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("Ctrl-C during os.replace")
 
     monkeypatch.setattr(atomic.os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C during os.replace"):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert _leftovers(tmp_path) == []
@@ -149,6 +149,6 @@ def test_append_jsonl_rejects_bad_rows_before_writing(tmp_path):
     path = tmp_path / "records.jsonl"
     with pytest.raises(TypeError, match="row 1"):
         append_jsonl(path, [{"i": 0}, [1, 2]])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         append_jsonl(path, [{"x": float("inf")}])
     assert not path.exists()

@@ -434,10 +434,9 @@ def test_inp12_extra_and_missing_keys_listed(tmp_path):
     weights["extra.weight"] = torch.zeros(3)
     weights["7.weight"] = torch.zeros(9, 100)
     _replace_file(tmp_path, "model.safetensors", safetensors.torch.save(weights))
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError, match=r"missing keys \[0\.bias\]") as info:
         load_checkpoint(tmp_path)
     message = str(info.value)
-    assert r"missing keys [0.bias]" in message
     assert "unexpected keys [extra.weight]" in message
     assert "size-mismatched keys [7.weight: checkpoint (9, 100) vs model (10, 100)]" in message
 
@@ -481,11 +480,11 @@ def test_data02_crash_before_pointer_flip_keeps_previous(tmp_path, monkeypatch):
 
     def killed_at_flip(path, obj):
         if pathlib.Path(path).name == "latest.json":
-            raise _Killed
+            raise _Killed("killed at the latest.json flip")
         return real_write_json(path, obj)
 
     monkeypatch.setattr(ckpt_rundir, "atomic_write_json", killed_at_flip)  # commit_checkpoint flips latest.json
-    with pytest.raises(_Killed):
+    with pytest.raises(_Killed, match="killed at the latest.json flip"):
         _commit(run, "step_2", seed=2)
     monkeypatch.undo()
 
@@ -508,11 +507,11 @@ def test_data02_crash_while_writing_directory(tmp_path, monkeypatch):
 
     def killed_at_state(path, data):
         if pathlib.Path(path).name == "state.pt":
-            raise _Killed
+            raise _Killed("killed writing state.pt")
         return real_write_bytes(path, data)
 
     monkeypatch.setattr(ckpt_save, "atomic_write_bytes", killed_at_state)  # save_checkpoint writes state.pt
-    with pytest.raises(_Killed):
+    with pytest.raises(_Killed, match="killed writing state.pt"):
         _commit(run, "step_2", seed=2)
     monkeypatch.undo()
     assert latest_checkpoint(run).name == "step_1"
@@ -592,11 +591,11 @@ def test_data10_kill_during_deletion_leaves_valid_latest(tmp_path, monkeypatch):
 
     def killed_mid_delete(path, *args, **kwargs):
         if pathlib.Path(path).exists():
-            raise _Killed
+            raise _Killed("killed deleting an old checkpoint")
         return real_rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(ckpt_rundir.shutil, "rmtree", killed_mid_delete)
-    with pytest.raises(_Killed):
+    with pytest.raises(_Killed, match="killed deleting an old checkpoint"):
         _commit(run, "step_2", seed=2, keep_last=1)
     monkeypatch.undo()
     verify_checkpoint(latest_checkpoint(run))

@@ -22,6 +22,7 @@ from trustlab.optim import (
     trajectory_table,
 )
 from trustlab.optim.lecture import GRAD_TOL, STATUSES
+from trustlab.optim.trajectories import HALVING_FACTOR
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -100,7 +101,7 @@ def test_gd_below_the_degenerate_saddle_diverges_without_raising():
     assert np.all(np.diff(t.points[:, 1]) < 0)  # heading to -inf
 
 
-# --- the cubic: basin of the local minimum and the step-size limit -----------------------------------------
+# --- the cubic: basin of the local minimum and the learning-rate limit ------------------------------------
 
 
 def test_cubic_converges_to_the_local_min_from_inside_its_basin():
@@ -114,7 +115,7 @@ def test_cubic_diverges_from_beyond_the_local_max():
     assert t.diverged and t.steps_run < 100
 
 
-def test_cubic_with_a_step_past_the_stability_limit_does_not_converge():
+def test_cubic_with_a_learning_rate_past_the_stability_limit_does_not_converge():
     lr = 1.2 * 2 / _max_curvature("cubic")
     t = run_trajectory("cubic", 0.0, lr=lr, steps=100)
     assert t.diverged or abs(t.points[-1, 0] - 1.0) > 1e-2
@@ -133,7 +134,7 @@ def test_gd_on_ill_conditioned_quadratic_is_stable_only_below_2_over_lambda_max(
     assert not below.diverged and below.losses[-1] < 1e-3 * below.losses[0]
 
 
-def test_momentum_beats_gd_on_ill_conditioned_quadratic_at_the_same_step():
+def test_momentum_beats_gd_on_ill_conditioned_quadratic_at_the_same_lr():
     start = OBJECTIVES["ill-conditioned"].starts[0]
     gd, mom = compare(
         "ill-conditioned", start, [{"optimizer": "gd", "lr": 0.03}, {"optimizer": "momentum", "lr": 0.03}]
@@ -151,14 +152,16 @@ def test_adam_reduces_the_rosenbrock_loss():
 # --- randomness, inputs, records --------------------------------------------------------------------------
 
 
-def _sgd(seed: int):
+def _noisy_gd(seed: int):
     g = torch.Generator().manual_seed(seed)
-    return run_trajectory("ill-conditioned", (-4.0, 1.0), optimizer="sgd", lr=0.02, steps=50, noise=0.5, generator=g)
+    return run_trajectory(
+        "ill-conditioned", (-4.0, 1.0), optimizer="noisy-gd", lr=0.02, steps=50, noise=0.5, generator=g
+    )
 
 
-def test_seeded_sgd_is_reproducible_and_seeds_differ_and_global_rng_is_untouched():
+def test_seeded_noisy_gd_is_reproducible_and_seeds_differ_and_global_rng_is_untouched():
     state = torch.get_rng_state()
-    a, b, c = _sgd(1), _sgd(1), _sgd(2)
+    a, b, c = _noisy_gd(1), _noisy_gd(1), _noisy_gd(2)
     assert torch.equal(torch.get_rng_state(), state)
     np.testing.assert_array_equal(a.points, b.points)
     assert not np.array_equal(a.points, c.points)
@@ -169,21 +172,26 @@ def test_seeded_sgd_is_reproducible_and_seeds_differ_and_global_rng_is_untouched
 
 def test_start_is_not_mutated_and_records_are_read_only():
     start = torch.tensor([1.0, 0.5], dtype=torch.float32)
-    t = run_trajectory("cubic-saddle", start, lr=0.1, steps=5)
+    steps = 5
+    t = run_trajectory("cubic-saddle", start, lr=0.1, steps=steps)
     assert torch.equal(start, torch.tensor([1.0, 0.5])) and start.grad is None and not start.requires_grad
-    assert t.points.shape == (6, 2) and t.losses.shape == (6,) and t.lrs.shape == (5,) and t.grad_norms.shape == (6,)
-    with pytest.raises(ValueError):
+    assert t.points.shape == (steps + 1, len(start)) and t.lrs.shape == (steps,)  # iterates w_0 .. w_T, T updates
+    assert t.losses.shape == t.grad_norms.shape == (steps + 1,)
+    with pytest.raises(ValueError, match="assignment destination is read-only"):
         t.points[0, 0] = 3.0
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_schedules_start_at_lr_and_never_increase(schedule):
-    t = run_trajectory("ill-conditioned", (-4.0, 1.0), lr=0.02, steps=40, schedule=schedule)
-    assert t.lrs[0] == 0.02 and np.all(np.diff(t.lrs) <= 1e-15)
+    lr, steps = 0.02, 40
+    t = run_trajectory("ill-conditioned", (-4.0, 1.0), lr=lr, steps=steps, schedule=schedule)
+    assert t.lrs[0] == lr and np.all(np.diff(t.lrs) <= 1e-15)
     if schedule == "constant":
-        assert np.all(t.lrs == 0.02)
-    elif schedule == "step":
-        assert t.lrs[10] == pytest.approx(0.01) and t.lrs[9] == 0.02
+        assert np.all(t.lrs == lr)
+    elif schedule == "halving":  # x0.5 every steps // 4 updates
+        quarter = steps // 4
+        assert t.lrs[quarter - 1] == lr and t.lrs[quarter] == pytest.approx(HALVING_FACTOR * lr)
+        assert t.lrs[-1] == pytest.approx(HALVING_FACTOR ** 3 * lr)
     else:
         assert t.lrs[-1] < 0.1 * t.lrs[0]
 
@@ -199,7 +207,10 @@ def test_schedules_start_at_lr_and_never_increase(schedule):
         ({"momentum": 1.0, "optimizer": "momentum"}, "momentum"),
         ({"noise": -1.0}, "noise"),
         ({"noise": 0.1}, "generator"),
-        ({"optimizer": "sgd"}, "noise"),
+        ({"optimizer": "noisy-gd"}, "noise"),
+        # training's names (torch.optim.SGD, its x0.1 step decay) mean something else and are not accepted here
+        ({"optimizer": "sgd"}, r"unknown optimizer 'sgd'; choose one of \['gd', 'noisy-gd'"),
+        ({"schedule": "step"}, r"unknown schedule 'step'; choose one of \['constant', 'halving'"),
     ],
 )
 def test_invalid_settings_raise_value_error(kwargs, match):
@@ -287,5 +298,5 @@ def test_lecture_lessons_agree_with_the_trajectories(lecture):
     assert stuck == "stuck near saddle" and escaped in ("diverged", "not converged")
     assert "moved away from the saddle" in [r["lesson"] for r in rows if r["demo"] == "b"][1]
     assert "converged to min" in by_demo["c"] and "diverged" in by_demo["c"]
-    assert {r["optimizer"] for r in rows if r["demo"] == "d"} == {"gd", "sgd", "momentum", "adam"}
+    assert {r["optimizer"] for r in rows if r["demo"] == "d"} == {"gd", "noisy-gd", "momentum", "adam"}
     assert any(r["schedule"] != "constant" for r in rows if r["demo"] == "d")

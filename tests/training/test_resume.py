@@ -49,7 +49,8 @@ def reference_run(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("kill_after", [1, 2])
+# the same property at two kill points: `make test` runs one, `make test-slow` the other
+@pytest.mark.parametrize("kill_after", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_data04_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path, kill_after):
     run = tmp_path / "B"
     _kill_after_epochs(run, kill_after)

@@ -1,4 +1,4 @@
-"""Optimization on small 1-D and 2-D objectives: where GD, SGD, momentum and Adam go, drawn and tabulated.
+"""Optimization on small 1-D and 2-D objectives: where GD, noisy GD, momentum and Adam go, drawn and tabulated.
 
 ``run_trajectory(objective, start, optimizer=..., lr=...)`` records a run; ``compare`` runs several from one
 start; ``plot_trajectories`` and ``trajectory_table`` show the same runs as a figure and as rows;

@@ -1,4 +1,4 @@
-"""The optimization lecture's demos: saddles, a cubic, and GD vs momentum vs Adam vs SGD, as PNGs and rows.
+"""The optimization lecture's demos: saddles, a cubic, and GD vs momentum vs Adam vs noisy GD, as PNGs and rows.
 
 Every row's ``status`` and ``lesson`` are computed from its trajectory by :func:`describe` (gradient norm, the
 nearest known stationary point, divergence, oscillation, GD's stability ratio ``lr * lambda_max`` at the
@@ -32,13 +32,13 @@ def run_lecture_demos(out_dir: str | Path, *, seed: int = 0) -> list[dict[str, A
     (a) ``optim-cubic-saddle.png``: GD on ``w1^2 + w2^3`` from ``w2 = 0.5`` crawls into the degenerate saddle;
     from ``w2 = -0.5`` it diverges. (b) ``optim-saddle.png``: GD on ``w1^2 - w2^2`` from ``(1, 0)`` converges to
     the saddle; from a seeded random perturbation of it, it escapes. (c) ``optim-cubic.png``: GD on
-    ``w^3 + w^2 - 5w`` with a good step, from beyond the local maximum, and with steps past the stability limit
-    ``2 / f''(1) = 0.25``. (d) ``optim-ill-conditioned.png`` and ``optim-rosenbrock.png``: GD, momentum, Adam
-    and SGD (with a cosine or step schedule) from the same start.
+    ``w^3 + w^2 - 5w`` with a good learning rate, from beyond the local maximum, and with learning rates past the
+    stability limit ``2 / f''(1) = 0.25``. (d) ``optim-ill-conditioned.png`` and ``optim-rosenbrock.png``: GD,
+    momentum, Adam and noisy GD (with a cosine or halving schedule) from the same start.
 
     Args:
         out_dir: folder for the PNGs (created if missing).
-        seed: seeds the random start of (b) and SGD's gradient noise in (d).
+        seed: seeds the random start of (b) and noisy GD's gradient noise in (d).
 
     Returns:
         The :func:`~trustlab.optim.plots.trajectory_table` rows, each with ``demo``, ``figure`` (PNG file
@@ -61,7 +61,7 @@ def describe(trajectory: Trajectory, objective: Objective | str, *, tol: float =
     The status is ``"diverged"`` if the run was stopped for divergence; otherwise, if the final gradient norm
     is below ``tol``, ``"converged to min"``/``"converged to max"``/``"stuck near saddle"`` after the nearest
     known stationary point; otherwise ``"not converged"``. The lesson adds the numbers, whether the last steps
-    oscillate, whether the run left a saddle it started near, and for constant-step GD the stability ratio
+    oscillate, whether the run left a saddle it started near, and for constant-lr GD the stability ratio
     ``lr * lambda_max(Hessian)`` at the minimum (GD is locally stable there iff it is below 2).
 
     Raises:
@@ -111,13 +111,14 @@ def _demos(seed: int) -> list[tuple[str, Objective, list[Trajectory]]]:
             {"optimizer": "gd", "lr": 0.03, "steps": 100},
             {"optimizer": "momentum", "lr": 0.03, "steps": 100},
             {"optimizer": "adam", "lr": 0.1, "steps": 100},
-            {"optimizer": "sgd", "lr": 0.03, "steps": 100, "noise": 1.0, "schedule": "cosine", "generator": g_ill},
+            {"optimizer": "noisy-gd", "lr": 0.03, "steps": 100, "noise": 1.0, "schedule": "cosine", "generator": g_ill},
         ])),
         ("d", rosen, compare(rosen, rosen.starts[0], [
             {"optimizer": "gd", "lr": 1e-3, "steps": 500},
             {"optimizer": "momentum", "lr": 1e-3, "steps": 500},
             {"optimizer": "adam", "lr": 0.05, "steps": 500},
-            {"optimizer": "sgd", "lr": 1e-3, "steps": 500, "noise": 2.0, "schedule": "step", "generator": g_rosen},
+            {"optimizer": "noisy-gd", "lr": 1e-3, "steps": 500, "noise": 2.0, "schedule": "halving",
+             "generator": g_rosen},
         ])),
     ]
 
@@ -156,7 +157,7 @@ def _escape_clause(obj: Objective, trajectory: Trajectory) -> str:
 
 
 def _stability_clause(obj: Objective, trajectory: Trajectory) -> str:
-    """For constant-step GD: ``lr * lambda_max`` at the (first) minimum; locally stable iff < 2."""
+    """For constant-lr GD: ``lr * lambda_max`` at the (first) minimum; locally stable iff < 2."""
     mins = [s for s in obj.stationary if s.kind == "min"]
     if trajectory.optimizer != "gd" or trajectory.schedule != "constant" or not mins:
         return ""

@@ -46,7 +46,8 @@ def optim_section(rows: Sequence[dict[str, Any]], figures_dir: Path) -> Section:
         html.append(html_table(group, COLUMNS, floatfmt=_FMT, percent=False))
         md.append(f"![{escape_markdown(figure)}](figures/{figure})\n\n"
                   + markdown_table(group, COLUMNS, floatfmt=_FMT, percent=False))
-    intro = ("Gradient descent, SGD, momentum and Adam on the lecture's objectives. Each figure shows the iterates "
-             "as arrows over the contours and the loss per step; the table under it gives the same runs as numbers.")
+    intro = ("Gradient descent, noisy gradient descent, momentum and Adam on the lecture's objectives. Each figure "
+             "shows the iterates as arrows over the contours and the loss per step; the table under it gives the same "
+             "runs as numbers.")
     return Section(id="optim", title="Optimizer trajectories",
                    html_body=f"<p>{escape(intro)}</p>" + "".join(html), markdown_body=intro + "\n\n" + "\n\n".join(md))

@@ -1,4 +1,4 @@
-"""Optimizer trajectories on a small objective: where GD, SGD, momentum and Adam go, step by step.
+"""Optimizer trajectories on a small objective: where GD, noisy GD, momentum and Adam go, step by step.
 
 :func:`run_trajectory` runs one ``torch.optim`` optimizer on a single parameter tensor (float64) and records
 every iterate, loss, gradient norm and learning rate in a frozen :class:`Trajectory`. Divergence is a lesson,
@@ -6,8 +6,13 @@ not an error: a run stops early and is marked ``diverged`` when ``|w|`` or ``|f(
 ``DIVERGENCE_THRESHOLD`` or becomes non-finite. :func:`compare` runs several optimizers from one start.
 
 Gradients come from ``torch.autograd.grad`` and are handed to the optimizer through ``.grad`` of the private
-parameter; nothing the caller passes is mutated and the global RNG is never used (SGD's noise is drawn from the
+parameter; nothing the caller passes is mutated and the global RNG is never used (gradient noise is drawn from the
 caller's ``generator``).
+
+Names: ``gd`` is ``torch.optim.SGD`` on the exact gradient, ``noisy-gd`` adds sampled Gaussian gradient noise (a
+model of SGD's minibatch noise) and the ``halving`` schedule halves the learning rate every quarter of the run.
+``sgd`` and ``step`` keep the one meaning they have in :mod:`trustlab.training.optimizers` (``torch.optim.SGD`` on
+minibatches, and the x0.1 step-decay schedule) and are not used here.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from trustlab.validation import check_nonneg_float, check_positive_int
 __all__ = ["DIVERGENCE_THRESHOLD", "OPTIMIZERS", "SCHEDULES", "Trajectory", "compare", "run_trajectory"]
 
 DIVERGENCE_THRESHOLD = 1e6  # |w| or |f(w)| beyond this (or non-finite) ends a run as diverged
-OPTIMIZERS = ("gd", "sgd", "momentum", "adam")
-SCHEDULES = ("constant", "step", "cosine", "exponential")
-STEP_DECAY = 0.5  # "step": lr *= 0.5 every steps // 4 steps
+OPTIMIZERS = ("gd", "noisy-gd", "momentum", "adam")
+SCHEDULES = ("constant", "halving", "cosine", "exponential")
+HALVING_FACTOR = 0.5  # "halving": lr *= 0.5 every steps // 4 steps
 EXPONENTIAL_FINAL_FACTOR = 0.01  # "exponential": lr decays geometrically to 1% of its start over `steps`
 _SPEC_KEYS = ("optimizer", "lr", "steps", "momentum", "schedule", "noise", "generator", "label")
 
@@ -41,10 +46,10 @@ class Trajectory:
         points: the iterates ``w_0 .. w_T``; ``w_0`` is the start.
         losses: ``f(w_t)``.
         lrs: the learning rate used for step ``t`` (``w_t -> w_{t+1}``).
-        optimizer: ``"gd"``, ``"sgd"``, ``"momentum"`` or ``"adam"``.
+        optimizer: ``"gd"``, ``"noisy-gd"``, ``"momentum"`` or ``"adam"``.
         diverged: whether the run stopped early because ``|w|`` or ``|f|`` left ``DIVERGENCE_THRESHOLD``.
         label: legend text.
-        grad_norms: ``||∇f(w_t)||`` (the exact gradient, without SGD's noise).
+        grad_norms: ``||∇f(w_t)||`` (the exact gradient, without the sampled noise).
         objective: the objective's name.
         schedule: the learning-rate schedule's name.
 
@@ -83,10 +88,10 @@ def run_trajectory(
 ) -> Trajectory:
     """Run ``optimizer`` on ``objective`` from ``start`` for up to ``steps`` steps.
 
-    ``gd`` and ``sgd`` are ``torch.optim.SGD``, ``momentum`` is ``SGD(momentum=momentum)`` (heavy ball,
+    ``gd`` and ``noisy-gd`` are ``torch.optim.SGD``, ``momentum`` is ``SGD(momentum=momentum)`` (heavy ball,
     ``v <- momentum v + g; w <- w - lr v``) and ``adam`` is ``torch.optim.Adam`` with its default betas.
-    ``noise > 0`` adds ``N(0, noise^2 I)`` to every gradient, drawn from ``generator``: that is what ``sgd``
-    means here, so ``sgd`` requires ``noise > 0`` and any noisy run requires an explicit ``generator`` (no
+    ``noise > 0`` adds ``N(0, noise^2 I)`` to every gradient, drawn from ``generator``: that is what ``noisy-gd``
+    means, so ``noisy-gd`` requires ``noise > 0`` and any noisy run requires an explicit ``generator`` (no
     hidden seed). The other optimizers accept noise too (noisy momentum, noisy Adam).
 
     Args:
@@ -96,7 +101,7 @@ def run_trajectory(
         lr: initial learning rate, ``> 0``.
         steps: maximal number of steps, ``>= 1``.
         momentum: the heavy-ball coefficient in ``[0, 1)``; used by ``"momentum"`` only.
-        schedule: one of ``SCHEDULES``: ``"constant"``; ``"step"`` (x0.5 every ``steps // 4``); ``"cosine"``
+        schedule: one of ``SCHEDULES``: ``"constant"``; ``"halving"`` (x0.5 every ``steps // 4``); ``"cosine"``
             (to 0 at ``steps``); ``"exponential"`` (geometric, to 1% of ``lr`` at ``steps``).
         noise: standard deviation of the Gaussian gradient noise, ``>= 0``.
         generator: the source of the noise; required when ``noise > 0``.
@@ -108,7 +113,7 @@ def run_trajectory(
     Raises:
         ValueError: an unknown optimizer, schedule or objective; ``lr <= 0``; ``steps < 1``; ``noise < 0``;
             momentum outside ``[0, 1)``; a start of the wrong shape, non-finite or beyond the divergence
-            threshold; ``sgd`` without noise; noise without a generator.
+            threshold; ``noisy-gd`` without noise; noise without a generator.
         TypeError: a value of the wrong type.
     """
     obj = get_objective(objective)
@@ -206,8 +211,8 @@ def _check_choices(optimizer: str, schedule: str, noise: float, generator: torch
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
-    if optimizer == "sgd" and noise == 0:
-        raise ValueError("optimizer 'sgd' needs gradient noise > 0, got noise=0.0; use 'gd' for exact gradients")
+    if optimizer == "noisy-gd" and noise == 0:
+        raise ValueError("optimizer 'noisy-gd' needs gradient noise > 0, got noise=0.0; use 'gd' for exact gradients")
     if noise > 0 and generator is None:
         raise ValueError(f"noise={noise} needs a torch.Generator for its draws, got generator=None")
 
@@ -220,8 +225,8 @@ def _build_optimizer(name: str, w: torch.nn.Parameter, lr: float, momentum: floa
 
 def _build_scheduler(name: str, opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
     sched = torch.optim.lr_scheduler
-    if name == "step":
-        return sched.StepLR(opt, step_size=max(1, steps // 4), gamma=STEP_DECAY)
+    if name == "halving":
+        return sched.StepLR(opt, step_size=max(1, steps // 4), gamma=HALVING_FACTOR)
     if name == "cosine":
         return sched.CosineAnnealingLR(opt, T_max=steps)
     if name == "exponential":
