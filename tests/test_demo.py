@@ -15,8 +15,9 @@ from trustlab.demo import DEMO_MATRIX, DEMO_TRAIN, run_demo
 from trustlab.reports.report import SECTION_IDS
 
 # the demo's steps at a fraction of its cost: few examples, one epoch, short attacks, one curve point
-SMALL_TRAIN = dataclasses.replace(DEMO_TRAIN, epochs=1, subset=200, pgd_steps=2)
-SMALL_MATRIX = dataclasses.replace(DEMO_MATRIX, pgd_steps=3, eps_grid=(DEMO_MATRIX.eps / 2,), curve_subset=100)
+SMALL_TRAIN = dataclasses.replace(DEMO_TRAIN, epochs=1, subset=200)
+SMALL_MATRIX = dataclasses.replace(DEMO_MATRIX, pgd_steps=3, eps_grid=(DEMO_MATRIX.eps / 2,), curve_subset=100,
+                                   defense_options={"pgd": {"steps": 2}})
 
 
 def _run_and_render(out, capsys, render_in_chromium, **recipe):
