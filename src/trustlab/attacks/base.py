@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trustlab.attacks.losses import objective
 from trustlab.errors import NumericalError
 from trustlab.threat import LpBall
 from trustlab.validation import check_inputs, check_labels, check_nonneg_float, check_positive_int
@@ -33,6 +34,7 @@ __all__ = [
     "eval_mode",
     "warn_if_training",
     "threat_dict",
+    "input_gradient",
 ]
 
 
@@ -158,3 +160,19 @@ def threat_dict(threat: LpBall) -> dict[str, Any]:
     """The threat model as flat JSON-safe fields for run records (``p`` is ``"inf"`` or ``2.0``, as parse_p reads)."""
     p = "inf" if threat.p == math.inf else threat.p
     return {"eps": threat.eps, "p": p, "lower": threat.lower, "upper": threat.upper}
+
+
+def input_gradient(
+    model: nn.Module, x: Tensor, y: Tensor, *, y_target: Tensor | None, loss: str, where: str, mean: bool = False
+) -> Tensor:
+    """The gradient of the attack objective at ``x``, from a first forward pass in eval mode with its checks
+    (input shape, logits shape and labels, finite values named by ``where``). The objective is summed over the
+    batch, or averaged with ``mean`` (the training step of FGSM-RS descends on the mean loss)."""
+    with eval_mode(model), torch.enable_grad():  # callers may hold torch.no_grad()
+        x_in = x.detach().requires_grad_(True)  # a new tensor object: x itself never requires grad
+        logits = first_forward(model, x_in)
+        check_logits(logits, y, y_target)
+        obj = objective(logits, y, y_target=y_target, loss=loss)
+        check_finite(logits, obj, where)
+        (grad,) = torch.autograd.grad(obj.mean() if mean else obj.sum(), x_in)
+    return grad

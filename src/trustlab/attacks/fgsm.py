@@ -10,16 +10,13 @@ from torch import Tensor, nn
 
 from trustlab.attacks.base import (
     check_attack_args,
-    check_finite,
-    check_logits,
     check_model,
     check_threat,
-    eval_mode,
-    first_forward,
+    input_gradient,
     threat_dict,
     warn_if_training,
 )
-from trustlab.attacks.losses import get_loss, objective
+from trustlab.attacks.losses import get_loss
 from trustlab.errors import NumericalError
 from trustlab.threat import LpBall
 
@@ -72,13 +69,7 @@ def fgsm(
         return x.clone()
     warn_if_training(model, stacklevel=2)
     x = x.detach()
-    with eval_mode(model), torch.enable_grad():  # callers may hold torch.no_grad()
-        x_in = x.detach().requires_grad_(True)  # a new tensor object: x itself never requires grad
-        logits = first_forward(model, x_in)
-        check_logits(logits, y, y_target)
-        obj = objective(logits, y, y_target=y_target, loss=loss)
-        check_finite(logits, obj, "FGSM step 0")
-        (grad,) = torch.autograd.grad(obj.sum(), x_in)
+    grad = input_gradient(model, x, y, y_target=y_target, loss=loss, where="FGSM step 0")
     x_adv = threat.project(x + threat.eps * threat.ascent_direction(grad), x)
     if not torch.isfinite(x_adv).all():
         raise NumericalError("non-finite input gradient at FGSM step 0")

@@ -10,17 +10,14 @@ from torch import Tensor, nn
 
 from trustlab.attacks.base import (
     check_attack_args,
-    check_finite,
-    check_logits,
     check_model,
     check_step_size,
     check_threat,
-    eval_mode,
-    first_forward,
+    input_gradient,
     threat_dict,
     warn_if_training,
 )
-from trustlab.attacks.losses import get_loss, objective
+from trustlab.attacks.losses import get_loss
 from trustlab.attacks.pgd import DEFAULT_SEED
 from trustlab.errors import NumericalError
 from trustlab.threat import LpBall
@@ -86,13 +83,7 @@ def fgsm_rs(
     warn_if_training(model, stacklevel=2)
     x = x.detach()
     x_0 = threat.random_init(x, generator=generator)
-    with eval_mode(model), torch.enable_grad():  # callers may hold torch.no_grad()
-        x_in = x_0.requires_grad_(True)
-        logits = first_forward(model, x_in)
-        check_logits(logits, y, y_target)
-        obj = objective(logits, y, y_target=y_target, loss=loss)
-        check_finite(logits, obj, "FGSM-RS step 0")
-        (grad,) = torch.autograd.grad(obj.mean(), x_in)
+    grad = input_gradient(model, x_0, y, y_target=y_target, loss=loss, where="FGSM-RS step 0", mean=True)
     x_adv = threat.project(x_0.detach() + alpha * threat.ascent_direction(grad), x).detach()
     if not torch.isfinite(x_adv).all():
         raise NumericalError("non-finite input gradient at FGSM-RS step 0")
