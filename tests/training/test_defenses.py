@@ -228,3 +228,22 @@ def test_config_json_records_the_device(tmp_path):
     assert saved["config"]["device"] == "cpu"
     assert saved["runtime"] == {"device": "cpu", "dtype": "float32",
                                 "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+
+
+def test_a_defense_metric_reaches_the_report_from_the_records(tmp_path):
+    """The report's training table shows a defense's own validation metric, read from summary.json alone."""
+    from trustlab.reports.report import build_report
+
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"idx": i, "y": i % 10, "pred": i % 10, "correct": True} for i in range(20)]
+    (run / "config.json").write_text(json.dumps({"config": TrainConfig().to_dict(), "dataset": {"name": "digits"}}))
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5, "val_noise_acc": 0.1 * e, "test_acc": 0.9}
+               for e in (1, 2)]
+    (run / "summary.json").write_text(json.dumps({"history": history}))
+    md = build_report([run], tmp_path / "rep").with_suffix(".md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| epoch"))
+    assert [c.strip().replace("\\_", "_") for c in header.split("|")[1:-1]] == [
+        "epoch", "train_loss", "train_acc", "val_noise_acc", "test_acc"]
+    assert "| 20.0% |" in md  # 0.2 shown as a percentage

@@ -267,7 +267,8 @@ def plot_training(history: Sequence[Mapping[str, Any]], *, title: str | None = N
     fig = _figure((10.0, 3.8))
     ax_acc, ax_loss = fig.subplots(1, 2)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.86, wspace=0.25)
-    for key, label in HISTORY_SERIES.items():
+    extra = sorted({k for h in history for k in h if k.startswith("val_") and k.endswith("_acc")} - set(HISTORY_SERIES))
+    for key, label in [*HISTORY_SERIES.items(), *((k, k) for k in extra)]:  # extra: a defense's own checks
         ys = [_number(h.get(key)) for h in history]
         if any(math.isfinite(v) for v in ys):
             ax_acc.plot(epochs, [100 * v for v in ys], marker="o", markersize=3, label=label)

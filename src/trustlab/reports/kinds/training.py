@@ -49,7 +49,10 @@ def _training_section(ctx: ReportContext) -> ReportPart:
                             "adversarial training; clean train; validation; validation PGD-10 at the epoch's "
                             "eps; test) and the training loss." + kept)
         columns = [c for c in _HISTORY_COLUMNS if any(c in h for h in history)]
-        body.table(history, columns, floatfmt=_HISTORY_FMT, percent=_HISTORY_PERCENT)
+        extra = sorted({k for h in history for k in h if k.startswith("val_") and k.endswith("_acc")} - set(columns))
+        at = columns.index("test_acc") if "test_acc" in columns else len(columns)
+        columns = columns[:at] + extra + columns[at:]  # a defense's own validation checks, before test accuracy
+        body.table(history, columns, floatfmt=_HISTORY_FMT, percent=_HISTORY_PERCENT | set(extra))
         shown += 1
     if not shown:
         body.text("No training history: no run has a summary.json with per-epoch history.")
