@@ -44,7 +44,7 @@ REGISTRY = {
     "fgsm-l2": Entry(lambda t: FGSM(t), 2.0, "mlp"),
     "fgsm-rs-linf": Entry(lambda t: FGSMRS(t), math.inf, "mlp", random=True),
     "fgsm-rs-l2": Entry(lambda t: FGSMRS(t), 2.0, "mlp", random=True),
-    "fgsm-rs-linf-targeted-step": Entry(lambda t: FGSMRS(t, step_size=t.eps / 2), math.inf, "mlp", targeted=True,
+    "fgsm-rs-linf-targeted-step": Entry(lambda t: FGSMRS(t, step_size=t.eps / 2 or None), math.inf, "mlp", targeted=True,
                                         random=True),
     "pgd-linf": Entry(lambda t: PGD(t, steps=5), math.inf, "mlp", random=True),
     "pgd-l2": Entry(lambda t: PGD(t, steps=5), 2.0, "mlp", random=True),
@@ -323,7 +323,7 @@ def test_lib01_build_attack_and_to_dict():
 
 
 def test_lib01_build_attack_rejects_unknown_names_and_params():
-    with pytest.raises(ValueError, match=r"unknown attack 'cw'.*\['fgsm', 'linear', 'pgd'\]"):
+    with pytest.raises(ValueError, match=r"unknown attack 'cw'.*\['fgsm', 'fgsm-rs', 'linear', 'pgd'\]"):
         build_attack("cw", LpBall(0.1))
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['nb_iter'\].*valid: \['steps'"):
         build_attack("pgd", LpBall(0.1), nb_iter=10)
