@@ -91,7 +91,7 @@ def test_data06_resume_guards(tmp_path):
         train_run(_tiny(), tmp_path / "missing", resume=True, progress=False)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"config differs from the run in .*empty in \[.*'data_fingerprint'\]"):
+    with pytest.raises(FileNotFoundError, match=r"empty: it is not a trustlab run folder"):
         train_run(_tiny(), tmp_path / "empty", resume=True, progress=False)
     run = tmp_path / "run"
     train_run(_tiny(epochs=2), run, progress=False)

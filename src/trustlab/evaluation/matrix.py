@@ -22,6 +22,7 @@ from trustlab.reports.metrics import robustness_matrix
 from trustlab.reports.report import build_report
 from trustlab.reports.runs import load_runs
 from trustlab.reports.tables import matrix_markdown
+from trustlab.runs.folder import is_run, run_lock
 from trustlab.threat import LpBall, parse_p
 from trustlab.training.config import TrainConfig
 from trustlab.training.defenses import DEFENSES, build_defense, split_prefixed
@@ -107,9 +108,10 @@ class MatrixResult:
 
 
 def _train_or_reuse(config: TrainConfig, run: Path, *, progress: bool) -> Path:
-    """Train ``run`` unless it already holds this exact config (then resume: a no-op when complete)."""
-    has_ckpt = (run / "checkpoints" / "latest.json").exists()
-    train_run(config, run, resume=has_ckpt, overwrite=not has_ckpt and run.exists(), progress=progress)
+    """Train ``run`` unless it already holds this exact config (then resume: a no-op when complete). A folder
+    that is not a trustlab run is never overwritten (:func:`~trustlab.runs.folder.check_overwritable`)."""
+    resume = is_run(run)
+    train_run(config, run, resume=resume, overwrite=not resume and run.exists(), progress=progress)
     return run
 
 
