@@ -240,7 +240,9 @@ def load_run(path: str | Path, *, name: str | None = None) -> RunView:
     for kind in kinds:
         if kind.folder is None or not (path / kind.folder).is_dir():
             continue
-        found = tuple(read_record_set(kind, f) for f in sorted((path / kind.folder).iterdir()) if f.is_dir())
+        # a hidden folder is a result still being written (or left by a kill), never a committed one
+        found = tuple(read_record_set(kind, f) for f in sorted((path / kind.folder).iterdir())
+                      if f.is_dir() and not f.name.startswith("."))
         sets[kind.name] = tuple(kind.load(found)) if kind.load is not None else found
     return RunView(name or path.name, path, root.config, root.summary, records=root.records, sets=sets)
 

@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["MARKER", "LOCK", "SCHEMA", "RUN_ENTRIES", "write_marker", "read_marker", "is_run", "is_legacy_run",
-           "run_lock", "check_overwritable", "staging_folder", "replace_run", "remove_run_entries"]
+           "run_lock", "check_overwritable", "staging_folder", "replace_run", "commit_folder", "remove_run_entries"]
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,23 @@ def replace_run(folder: str | os.PathLike[str], staged: str | os.PathLike[str]) 
         staged = old
     fsync_dir(folder.parent)
     remove_run_entries(staged)  # now the old run
+
+
+def commit_folder(staged: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Put the complete folder ``staged`` at ``final`` in one step (an attack result, say), replacing and then
+    deleting a previous ``final`` wholly: use it only for folders that trustlab alone writes."""
+    staged, final = Path(staged), Path(final)
+    if final.exists():
+        if not _exchange(staged, final):
+            old = final.parent / f".{final.name}.old-{secrets.token_hex(4)}.tmp"
+            os.rename(final, old)
+            os.rename(staged, final)
+            staged = old
+        fsync_dir(final.parent)
+        shutil.rmtree(staged)
+    else:
+        os.rename(staged, final)
+        fsync_dir(final.parent)
 
 
 def remove_run_entries(folder: str | os.PathLike[str]) -> None:
