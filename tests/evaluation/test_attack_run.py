@@ -79,3 +79,24 @@ def test_data09_matrix_refuses_a_folder_another_matrix_writes(tmp_path):
         with pytest.raises(RunInUseError, match="is in use by PID"):
             run_matrix(base, mc, tmp_path / "m", progress=False)
     assert [p.name for p in (tmp_path / "m").iterdir()] == [".trustlab.lock"]
+
+
+def test_eval_results_of_another_checkpoint_are_left_out_of_reports_and_matrix(run, tmp_path):
+    from trustlab.reports.metrics import robustness_matrix
+    from trustlab.reports.report import build_report
+    from trustlab.reports.runs import load_run
+
+    attack_run(run, "pgd", LpBall(0.1), PGD, progress=False)  # on epoch 1
+    train_run(TrainConfig(dataset="digits", model="mlp", epochs=2, subset=100, batch_size=50), run, resume=True,
+              force_resume=True, progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["checkpoint"]["name"] == "epoch_0002" and len(summary["checkpoint"]["sha256"]) == 64
+    view = load_run(run)
+    assert view.attacks == ()
+    (message,) = view.left_out
+    assert "was computed on checkpoint epoch_0001" in message and "not on epoch_0002" in message
+    assert [r.get("pgd") for r in robustness_matrix([view], ("clean", "pgd"), eps=0.1)] == [None]
+    report = json.loads((build_report([run], tmp_path / "report").parent / "report.json").read_text())
+    assert report["left_out"] == [message]
+    attack_run(run, "pgd", LpBall(0.1), PGD, reuse=True, progress=False)  # recomputed on epoch 2, not reused
+    assert len(load_run(run).attacks) == 1 and load_run(run).left_out == ()

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Sampler
 
 from trustlab.attacks import clean_accuracy, predict_proba
-from trustlab.checkpoint import commit_checkpoint, latest_checkpoint, load_checkpoint
+from trustlab.checkpoint import checkpoint_ref, commit_checkpoint, latest_checkpoint, load_checkpoint
 from trustlab.data import Splits, make_loader, make_splits
 from trustlab.data.transform import TrainingSetTransform, apply_transform
 from trustlab.device import resolve_device, runtime_info
@@ -412,5 +412,8 @@ def _finish(out: Path, model, splits: Splits, config: TrainConfig, history: list
         "selected_epoch": last.get("epoch"),
         "history": history,
     }
+    latest = latest_checkpoint(out)
+    if latest is not None:  # the checkpoint these records were computed on, so reports combine only its results
+        summary["checkpoint"] = checkpoint_ref(latest)
     writer.json("summary.json", summary)
     return summary
