@@ -57,3 +57,16 @@ def test_inp19_hostile_toml_names_the_file(tmp_path, text, needle):
     _one_line(r, "train", needle)
     assert str(cfg) in r.stderr or "root" in needle
     assert not (tmp_path / "r").exists()
+
+
+def test_sec12_terminal_escapes_in_a_run_path_are_printed_escaped(tmp_path):
+    out = tmp_path / "run\x1b[2J\x1b]0;owned\x07"
+    r = _run("train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--subset", "100", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    a = _run("attack", str(out), "--attack", "fgsm", "--eps", "0.1")
+    assert a.returncode == 0, a.stderr
+    for printed in (r.stdout, a.stdout):
+        assert "\x1b" not in printed and "\x07" not in printed
+        assert "run\\x1b[2J\\x1b]0;owned\\x07: " in printed
+    e = _run("attack", str(out) + "-missing", "--eps", "0.1")
+    assert "\x1b" not in e.stderr and "\\x1b[2J" in e.stderr
