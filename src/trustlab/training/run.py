@@ -44,6 +44,7 @@ from trustlab.training.config import TrainConfig, migrate_legacy
 from trustlab.training.defenses import Defense, option_prefix
 from trustlab.training.loop import train_epoch
 from trustlab.training.optimizers import build_optimizer, build_scheduler
+from trustlab.training.state import check_train_state, train_state
 
 __all__ = ["train_run", "identity_of", "resolve_train_config"]
 
@@ -175,12 +176,6 @@ def _defense_at(config: TrainConfig, epoch: int) -> tuple[LpBall, Defense]:
     return LpBall(config.eps * ramp, config.p), config.defense.scaled(ramp)
 
 
-def _train_state(epoch: int, optimizer, scheduler, history: list, seconds: float) -> dict[str, Any]:
-    """What a checkpoint needs besides the weights to resume after ``epoch``."""
-    return {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": history, "train_seconds": seconds}
-
-
 def train_run(
     config: TrainConfig,
     out: Path,
@@ -259,14 +254,19 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
             raise FileNotFoundError(f"no valid checkpoint found in {out}")
     if ckpt_dir is not None:
         ckpt = load_checkpoint(ckpt_dir, expected_arch=arch, map_location=device)
+        state = check_train_state(ckpt.state, ckpt_dir, epochs=config.epochs)
         summary_path = out / "summary.json"
-        if ckpt.state["epoch"] == config.epochs and summary_path.exists():
+        if state["epoch"] == config.epochs and summary_path.exists():
             log.info("run in %s is already complete; nothing to do", out)
             return read_json(summary_path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt_dir / 'state.pt'} has an optimizer or scheduler state that does not "
+                                  f"fit this run: {type(exc).__name__}: {exc}") from exc
         model.load_state_dict(ckpt.model.state_dict())
-        optimizer.load_state_dict(ckpt.state["optimizer"])
-        scheduler.load_state_dict(ckpt.state["scheduler"])
-        start, history, seconds = ckpt.state["epoch"], list(ckpt.state["history"]), float(ckpt.state["train_seconds"])
+        start, history, seconds = state["epoch"], list(state["history"]), float(state["train_seconds"])
         log.info("resuming %s at epoch %d (a partly done epoch restarts from its beginning)", out, start + 1)
         writer.records("progress.jsonl", history)  # the committed epochs, also one killed before its row
         _record_resume(out, config, identity, start, writer)
@@ -306,7 +306,7 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
                **_validate(model, splits, threat, config, epoch, device)}
         history.append(row)
         writer.call(commit_checkpoint, out, f"epoch_{epoch + 1:04d}", model, **ckpt_args,
-                    state=_train_state(epoch + 1, optimizer, scheduler, history, seconds))
+                    state=train_state(epoch + 1, optimizer, scheduler, history, seconds))
         if config.keep_best:
             _update_best(out, model, history, config, ckpt_args, writer)
         writer.records("progress.jsonl", history)  # rewritten whole: it always equals the committed history
@@ -318,7 +318,7 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
 
     selected = None
     if config.keep_best:
-        state = _train_state(config.epochs, optimizer, scheduler, history, seconds)
+        state = train_state(config.epochs, optimizer, scheduler, history, seconds)
         selected = _select_best(out, model, state, config, ckpt_args, writer, device)
     return _finish(out, model, splits, config, history, seconds, writer, device, selected)
 
