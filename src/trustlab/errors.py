@@ -12,6 +12,7 @@ __all__ = [
     "DataError",
     "MissingDependencyError",
     "NumericalError",
+    "RunInUseError",
     "UnsupportedLayerError",
 ]
 
@@ -38,3 +39,7 @@ class NumericalError(TrustlabError, ArithmeticError):
 
 class UnsupportedLayerError(TrustlabError, TypeError):
     """A certifier met a layer it cannot bound soundly."""
+
+
+class RunInUseError(TrustlabError):
+    """Another process holds the run folder's lock (the message names its PID)."""

@@ -17,6 +17,7 @@ __all__ = ["LpBall", "parse_p"]
 
 _SUPPORTED_P = (math.inf, 2.0)
 _TINY = 1e-12
+_EPS_MAX = float(torch.finfo(torch.float32).max)
 
 
 def parse_p(p: float | int | str) -> float:
@@ -60,6 +61,8 @@ class LpBall:
             raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
         if not math.isfinite(eps) or eps < 0:
             raise ValueError(f"eps must be finite and >= 0, got {eps}")
+        if eps > _EPS_MAX:  # torch cannot clamp a float32 tensor by it (a RuntimeError deep inside an attack)
+            raise ValueError(f"eps must be at most {_EPS_MAX:.3g} (the largest float32), got {eps}")
         object.__setattr__(self, "eps", float(eps))
         object.__setattr__(self, "p", parse_p(self.p))
         for name in ("lower", "upper"):

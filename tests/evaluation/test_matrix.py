@@ -10,13 +10,16 @@ import pytest
 from trustlab.cli.config import load_toml
 from trustlab.evaluation.matrix import MatrixConfig, matrix_configs, run_matrix
 from trustlab.reports.report import SECTION_IDS
+from trustlab.runs.folder import LOCK
 from trustlab.training import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _snapshot(root: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "report" not in p.parts}
+    """Modification times of the data files (a run's lock file changes whenever a command takes it)."""
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file() and "report" not in p.parts and p.name != LOCK}
 
 
 def test_matrix_trains_evaluates_reports_and_reuses(tmp_path):
@@ -29,7 +32,8 @@ def test_matrix_trains_evaluates_reports_and_reuses(tmp_path):
     page = result.report.read_text()
     assert all(f'id="{sid}"' in page for sid in SECTION_IDS)
     assert "| run |" in result.markdown
-    attacks = sorted(p.name for p in (tmp_path / "train-none" / "attacks").iterdir())
+    # a readable prefix, then a hash of the full configuration (seed and subset included)
+    attacks = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "train-none" / "attacks").iterdir())
     assert attacks == sorted([
         "fgsm-linf-eps0.1", "fgsm-linf-eps0.05", "pgd-linf-eps0.1-restarts1-stepsize0.05-steps5",
         "pgd-linf-eps0.1-restarts1-stepsize0.05-steps10", "pgd-linf-eps0.05-restarts1-stepsize0.025-steps5"])

@@ -19,6 +19,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
+import trustlab.checkpoint.load as ckpt_load
 import trustlab.checkpoint.rundir as ckpt_rundir
 import trustlab.checkpoint.save as ckpt_save
 from trustlab.checkpoint import (
@@ -139,6 +140,21 @@ def test_sec01_malicious_state_pt_is_not_executed(tmp_path, monkeypatch, contain
     with pytest.raises(CheckpointError, match=r"state\.pt is not a safe trustlab state file"):
         load_checkpoint(directory)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("container", ["raw-pickle", "torch-save-zip"])
+def test_sec01_pickled_state_is_one_line_of_ours(tmp_path, recwarn, container):
+    """Not torch's several lines of advice to retry with weights_only=False, nor its pickle-protocol warning."""
+    _save(tmp_path, state={"epoch": 1})
+    obj = {"epoch": pathlib.Path("/x")}
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _replace_file(tmp_path, "state.pt", pickle.dumps(obj) if container == "raw-pickle" else buffer.getvalue())
+    with pytest.raises(CheckpointError, match=r"state\.pt is not a safe trustlab state file and was not written by "
+                                              r"trustlab \(weights-only loader: Unsupported") as info:
+        load_checkpoint(tmp_path)
+    assert "\n" not in str(info.value) and "weights_only=False" not in str(info.value)
+    assert [str(w.message) for w in recwarn] == []
 
 
 # ---------------------------------------------------------------------------------------------------------- SEC-02
@@ -383,6 +399,68 @@ def test_unknown_arch_in_manifest_is_refused(tmp_path):
     _resign(tmp_path, manifest)
     with pytest.raises(CheckpointError, match="unknown architecture 'os.system'"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("in_shape", [1, 100_000, 100_000], r"in_shape \[1, 100000, 100000\] is out of bounds"),
+        ("in_shape", [1, 1e5, 1e5], "in_shape must be three ints"),
+        ("in_shape", [1, 8.0, 8], "in_shape must be three ints"),
+        ("in_shape", [1, 4097, 1], "out of bounds"),
+        ("num_classes", 10**9, r"num_classes must be an int in \[2, 100000\]"),
+        ("num_classes", 10.0, "num_classes must be an int"),
+    ],
+)
+def test_inp12_manifest_arch_is_bounded_before_anything_is_built(tmp_path, monkeypatch, field, value, message):
+    _save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["arch"][field] = value
+    _resign(tmp_path, manifest)
+    monkeypatch.setattr(ckpt_load, "build_model", _never_called)
+    monkeypatch.setattr(ckpt_save, "build_model", _never_called)  # not even on the meta device
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path)
+
+
+def test_inp12_arch_the_weights_do_not_fit_is_refused_without_allocating(tmp_path, monkeypatch):
+    """[1, 1000, 1000] is within the bounds but makes a 1 GB MLP: it is compared on the meta device first."""
+    _save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["arch"]["in_shape"] = [1, 1000, 1000]
+    _resign(tmp_path, manifest)
+    monkeypatch.setattr(ckpt_load, "build_model", _never_called)
+    with pytest.raises(CheckpointError, match=r"size-mismatched keys \[1\.weight: checkpoint \(256, 64\) vs model "
+                                              r"\(256, 1000000\)\]"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("dataset", None, r"missing or mistyped fields: dataset \(NoneType\)"),
+        ("config", [], r"config \(list\)"),
+        ("config_hash", "x", "malformed config_hash"),
+        ("created", 5, r"created \(int\)"),
+        ("files", {"model.safetensors": "0" * 63}, "malformed checksums"),
+    ],
+)
+def test_inp12_manifest_fields_have_a_schema(tmp_path, field, value, message):
+    _save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest[field] = value
+    _resign(tmp_path, manifest)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path)
+
+
+def test_save_refuses_an_arch_load_would_refuse(tmp_path):
+    with pytest.raises(ValueError, match="num_classes must be an int in"):
+        save_checkpoint(tmp_path, _model(), arch={**DIGITS, "num_classes": 10**6}, dataset="digits", config=CONFIG)
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("a model was built from an arch that should have been refused")
 
 
 def test_manifest_cannot_list_other_files(tmp_path):

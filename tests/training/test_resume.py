@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ def test_data06_resume_guards(tmp_path):
         train_run(_tiny(), tmp_path / "missing", resume=True, progress=False)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"config differs from the run in .*empty in \[.*'data_fingerprint'\]"):
+    with pytest.raises(FileNotFoundError, match=r"empty: it is not a trustlab run folder"):
         train_run(_tiny(), tmp_path / "empty", resume=True, progress=False)
     run = tmp_path / "run"
     train_run(_tiny(epochs=2), run, progress=False)
@@ -123,3 +124,68 @@ def test_data06_run_from_before_a_new_config_field_still_resumes(tmp_path):
     assert again["test_acc"] == first["test_acc"]
     with pytest.raises(ValueError, match=r"'defense', 'keep_best'"):
         train_run(_tiny(epochs=2, defense="fgsm-rs", keep_best=True), run, resume=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("two") / "run"
+    train_run(_tiny(epochs=2), run, progress=False)
+    return run
+
+
+def _with_state(run: Path, edit) -> None:
+    """Rewrite the latest checkpoint's state.pt with ``edit(state)`` (``None``: no state file) and re-sign it."""
+    import hashlib
+    import io
+
+    from trustlab.checkpoint import canonical_sha256
+
+    ckpt = latest_checkpoint(run)
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    state = edit(torch.load(ckpt / "state.pt", weights_only=True))
+    if state is None:
+        os.remove(ckpt / "state.pt")
+        del manifest["files"]["state.pt"]
+    else:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        (ckpt / "state.pt").write_bytes(buffer.getvalue())
+        manifest["files"]["state.pt"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    manifest.pop("sizes", None)
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    (ckpt / "manifest.json").write_text(json.dumps({**body, "manifest_sha256": canonical_sha256(body)}))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: {k: v for k, v in s.items() if k != "epoch"}, r"state\.pt is missing epoch"),
+        (lambda s: {**s, "epoch": "1"}, r"invalid epoch '1' \(need an int >= 0\)"),
+        (lambda s: {**s, "epoch": -1}, "invalid epoch -1"),
+        (lambda s: {**s, "epoch": 10**9}, r"history that is not one row per epoch 1\.\.1000000000"),
+        (lambda s: {**s, "history": s["history"][:1]}, r"history that is not one row per epoch 1\.\.2"),
+        (lambda s: {**s, "optimizer": {"state": {}}}, "invalid optimizer or scheduler state"),
+        (lambda s: {**s, "optimizer": {**s["optimizer"], "param_groups": []}}, "does not fit this run"),
+        (lambda s: {**s, "train_seconds": float("nan")}, "invalid train_seconds nan"),
+        (lambda s: None, r"epoch_0002 has no training state \(state\.pt\); it cannot be resumed"),
+    ],
+)
+def test_data06_training_state_has_a_schema(two_epoch_run, tmp_path, edit, message):
+    """A hostile or damaged state.pt is one CheckpointError before anything resumes, never a KeyError, a TypeError
+    or a resume that silently 'completes' at epoch 10**9."""
+    from trustlab.errors import CheckpointError
+
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    _with_state(run, edit)
+    with pytest.raises(CheckpointError, match=message):
+        train_run(_tiny(epochs=3), run, resume=True, force_resume=True, progress=False)
+
+
+def test_data06_checkpoint_past_the_configured_epochs_is_refused(two_epoch_run, tmp_path):
+    from trustlab.errors import CheckpointError
+
+    run = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run)
+    with pytest.raises(CheckpointError, match=r"is at epoch 2, past the configured epochs \(1\)"):
+        train_run(_tiny(epochs=1), run, resume=True, force_resume=True, progress=False)

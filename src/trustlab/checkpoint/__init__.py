@@ -37,6 +37,7 @@ from trustlab.checkpoint.manifest import (
 from trustlab.checkpoint.rundir import (
     CHECKPOINTS_DIR,
     LATEST_FILE,
+    checkpoint_ref,
     commit_checkpoint,
     latest_checkpoint,
     prune_checkpoints,
@@ -52,6 +53,7 @@ __all__ = [
     "load_weights",
     "verify_checkpoint",
     "commit_checkpoint",
+    "checkpoint_ref",
     "latest_checkpoint",
     "prune_checkpoints",
 ]

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from trustlab.checkpoint.manifest import MANIFEST_FILE, MODEL_FILE, STATE_FILE, _verify
-from trustlab.checkpoint.save import _check_state_value, _float_dtype, _nonfinite, _short, _weight_problems
+from trustlab.checkpoint.save import (
+    _check_state_value,
+    _float_dtype,
+    _nonfinite,
+    _reference_state,
+    _short,
+    _weight_problems,
+)
 from trustlab.errors import CheckpointError
 from trustlab.models import build_model
 
@@ -80,11 +88,15 @@ def load_checkpoint(
     manifest, blobs = _verify(directory, expected_arch)
     arch = manifest["arch"]
     weights = _parse_weights(directory / MODEL_FILE, blobs[MODEL_FILE])
+    dtype = _float_dtype(weights)
+    # Compared on the meta device first: an arch the weights do not fit is refused before it allocates memory.
+    problems = _weight_problems(weights, _reference_state(arch, dtype))
+    if problems:
+        raise CheckpointError(f"{directory / MODEL_FILE} does not match {arch['name']}: {problems}")
     try:
         model = build_model(arch["name"], in_shape=tuple(arch["in_shape"]), num_classes=arch["num_classes"], seed=0)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory / MANIFEST_FILE} has an arch that cannot be built: {exc}") from exc
-    dtype = _float_dtype(weights)
     if dtype is not None:  # a model saved after .double() comes back in float64, bit for bit
         model = model.to(dtype)
     _load_strict(model, weights, directory / MODEL_FILE, arch["name"])
@@ -179,10 +191,16 @@ def _parse_state(path: Path, data: bytes, device: torch.device) -> dict[str, Any
     """Unpickle ``state.pt`` with the weights-only unpickler; any failure is final (no unsafe retry)."""
     _check_torch_floor(path)
     try:
-        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # trustlab writes protocol 2; another one is refused or checked below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as exc:
+        # One line of ours: torch's message is several lines of advice to load with weights_only=False.
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed|\n|$)", str(exc))
+        detail = found.group(1)[:200] if found else type(exc).__name__
         raise CheckpointError(
-            f"{path} is not a safe trustlab state file (refused by the weights-only loader: {exc})"
+            f"{path} is not a safe trustlab state file and was not written by trustlab "
+            f"(weights-only loader: {detail}); it is not loaded"
         ) from exc
     try:
         if type(state) not in (dict, OrderedDict):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,12 @@ STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
 _KNOWN_FILES = (MODEL_FILE, STATE_FILE)
 _SELF_HASH_KEY = "manifest_sha256"
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_IN_DIM = 4096
+"""The largest channel count, height or width a checkpoint's ``in_shape`` may have."""
+MAX_INPUT_SIZE = 3 * 1024 * 1024
+"""The most values one input (``C * H * W``) may have: a 3 x 1024 x 1024 image."""
+MAX_NUM_CLASSES = 100_000
 
 
 def canonical_sha256(obj: Any) -> str:
@@ -110,22 +118,50 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     if not isinstance(files, dict) or MODEL_FILE not in files:
         raise CheckpointError(f"{path} does not list {MODEL_FILE}")
     unknown = [name for name in files if name not in _KNOWN_FILES]
-    if unknown or not all(isinstance(d, str) for d in files.values()):
+    if unknown or not all(_is_sha256(d) for d in files.values()):
         raise CheckpointError(f"{path} lists unknown files {unknown} or malformed checksums")
-    _check_manifest_arch(manifest.get("arch"), path)
+    _check_manifest_fields(manifest, path)
+    problem = arch_problem(manifest.get("arch"))
+    if problem:
+        raise CheckpointError(f"{path} has an invalid arch: {problem}")
     return manifest
 
 
-def _check_manifest_arch(arch: Any, path: Path) -> None:
-    if not isinstance(arch, dict) or not {"name", "in_shape", "num_classes"} <= arch.keys():
-        raise CheckpointError(f"{path} has no valid arch (need name, in_shape, num_classes): {arch!r}")
-    if arch["name"] not in MODELS:
-        raise CheckpointError(f"{path} names unknown architecture {arch['name']!r}; known: {model_names()}")
+def _check_manifest_fields(manifest: dict[str, Any], path: Path) -> None:
+    """The manifest's other fields, by type, before any of them is used."""
+    expected = {"dataset": str, "config": dict, "config_hash": str, "versions": dict, "created": str}
+    wrong = [f"{key} ({type(manifest.get(key)).__name__})" for key, kind in expected.items()
+             if type(manifest.get(key)) is not kind]
+    if wrong:
+        raise CheckpointError(f"{path} has missing or mistyped fields: {', '.join(wrong)}")
+    if not manifest["dataset"] or not _is_sha256(manifest["config_hash"]):
+        raise CheckpointError(f"{path} has an empty dataset or a malformed config_hash")
+
+
+def arch_problem(arch: Any) -> str:
+    """What is wrong with an arch dict, or ``''``: a registered name, ``in_shape`` three ints within
+    :data:`MAX_IN_DIM` and :data:`MAX_INPUT_SIZE`, ``num_classes`` an int in [2, :data:`MAX_NUM_CLASSES`].
+
+    Checked before anything is built, so a hostile arch costs no memory (a [1, 1e5, 1e5] input would make
+    an MLP of 10 TB).
+    """
+    if not isinstance(arch, Mapping) or not {"name", "in_shape", "num_classes"} <= arch.keys():
+        return f"need name, in_shape, num_classes, got {arch!r}"
+    if not isinstance(arch["name"], str) or arch["name"] not in MODELS:
+        return f"unknown architecture {arch['name']!r}; known: {model_names()}"
     shape, k = arch["in_shape"], arch["num_classes"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d > 0 for d in shape)):
-        raise CheckpointError(f"{path} has an invalid in_shape {shape!r}")
-    if type(k) is not int or k < 2:
-        raise CheckpointError(f"{path} has an invalid num_classes {k!r}")
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(type(d) is int for d in shape)):
+        return f"in_shape must be three ints (C, H, W), got {shape!r}"
+    if not all(1 <= d <= MAX_IN_DIM for d in shape) or math.prod(shape) > MAX_INPUT_SIZE:
+        return (f"in_shape {list(shape)} is out of bounds: each dimension in [1, {MAX_IN_DIM}], "
+                f"at most {MAX_INPUT_SIZE} values in all")
+    if type(k) is not int or not 2 <= k <= MAX_NUM_CLASSES:
+        return f"num_classes must be an int in [2, {MAX_NUM_CLASSES}], got {k!r}"
+    return ""
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and _SHA256_RE.fullmatch(value) is not None
 
 
 def _check_expected_arch(arch: dict[str, Any], expected: Mapping[str, Any], directory: Path) -> None:

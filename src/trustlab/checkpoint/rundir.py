@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from trustlab.runs.atomic import atomic_write_json, fsync_dir
-from trustlab.checkpoint.manifest import _read_manifest
+from trustlab.checkpoint.manifest import MODEL_FILE, _read_manifest
 from trustlab.checkpoint.save import save_checkpoint
 from trustlab.errors import CheckpointError
 
@@ -129,6 +129,17 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
             f"incomplete checkpoint at {directory} (named by {pointer}): missing {', '.join(missing)}"
         )
     return directory
+
+
+def checkpoint_ref(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """What a record set names as the checkpoint it was computed on: ``{"name", "sha256"}``, the sha256 being
+    that of the weights file as the manifest lists it (two checkpoints with the same weights share it).
+
+    Raises:
+        CheckpointError: the manifest is missing or invalid.
+    """
+    directory = Path(directory)
+    return {"name": directory.name, "sha256": _read_manifest(directory)["files"][MODEL_FILE]}
 
 
 def prune_checkpoints(run_dir: str | os.PathLike[str], *, keep_last: int) -> list[str]:

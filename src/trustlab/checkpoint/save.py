@@ -30,6 +30,7 @@ from trustlab.checkpoint.manifest import (
     STATE_FILE,
     _trustlab_version,
     _versions,
+    arch_problem,
     canonical_sha256,
 )
 from trustlab.models import MODELS, build_model, model_names
@@ -129,6 +130,9 @@ def _check_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"arch is missing {missing}: {dict(arch)}")
     if not isinstance(arch["name"], str) or arch["name"] not in MODELS:
         raise ValueError(f"unknown model {arch['name']!r} in arch; choose one of {model_names()}")
+    problem = arch_problem(arch)  # the bounds load applies, so a saved checkpoint always loads
+    if problem:
+        raise ValueError(f"invalid arch: {problem}")
     return json.loads(json.dumps(dict(arch), allow_nan=False))
 
 

@@ -22,12 +22,16 @@ def load_toml(path: str | Path, *, section: str | None = None) -> dict[str, Any]
     """Read a TOML file; with ``section``, use that table if present (e.g. ``[train]``), else the top level."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        text = path.read_bytes().decode("utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ValueError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"invalid config {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"invalid config {path}: {e}") from None
+    except RecursionError:
+        raise ValueError(f"invalid config {path}: values nested too deeply") from None
     if section is not None and isinstance(data.get(section), dict):
         stray = sorted(k for k in data if k != section)
         if stray:  # silently ignoring them would train something other than what the file says

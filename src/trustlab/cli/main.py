@@ -11,7 +11,7 @@ import logging
 import sys
 
 from trustlab.cli.commands import commands
-from trustlab.cli.parsing import Parser, add_global_options
+from trustlab.cli.parsing import Parser, add_global_options, shown
 from trustlab.errors import TrustlabError
 
 __all__ = ["main", "build_parser"]
@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         if args.debug:
             raise
-        print(f"trustlab {args.command}: error: {e}", file=sys.stderr)
+        print(f"trustlab {args.command}: error: {shown(e)}", file=sys.stderr)
         return 2
     except (TrustlabError, OSError) as e:
         if args.debug:
             raise
-        print(f"trustlab {args.command}: error: {e}", file=sys.stderr)
+        print(f"trustlab {args.command}: error: {shown(e)}", file=sys.stderr)
         return 1
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-__all__ = ["Parser", "add_global_options", "add_dataclass_flag", "flag_type", "given"]
+__all__ = ["Parser", "add_global_options", "add_dataclass_flag", "flag_type", "given", "shown"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,3 +54,9 @@ def add_dataclass_flag(parser: argparse.ArgumentParser, field: dataclasses.Field
 def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     """The flags among ``names`` that were given on the command line."""
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def shown(value: object) -> str:
+    """``value`` as text safe to print on a terminal: control characters (an escape sequence in a run path, say)
+    are written as Python escapes (``\\x1b``), printable text, non-ASCII included, as it is."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))

@@ -1,7 +1,11 @@
 """``trustlab attack``: attack a trained run's model on its test split and write per-example records.
 
 Each evaluation lands in ``RUN/attacks/<id>/`` with ``config.json`` (every attack hyperparameter, the threat
-model, the seed, versions), ``records.jsonl`` and ``summary.json``; the run's own ``summary.json`` is not touched.
+model, the seed, the subset, the checkpoint and its sha256, versions), ``records.jsonl``, ``examples.safetensors``
+and ``summary.json``; the run's own ``summary.json`` is not touched. ``<id>`` is a readable prefix plus a hash of
+the full configuration, so two evaluations that differ in anything (the seed, the subset) never share a folder.
+The four files are written into a hidden temp folder that is renamed into place (as checkpoints are), so a result
+is either wholly there or absent, and the run folder is locked for the whole evaluation.
 The framework, not the attack, decides success: ``x_adv`` is clipped into the ball and the box again and the
 prediction recomputed (EVAL-02).
 """
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,25 +27,39 @@ from safetensors.torch import save
 
 from trustlab.attacks import attack_batched, build_attack, predict_proba
 from trustlab.attacks.base import threat_dict
-from trustlab.checkpoint import latest_checkpoint, load_checkpoint
+from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
 from trustlab.data import make_splits
 from trustlab.device import resolve_device, runtime_info
 from trustlab.progress import progress_bar
-from trustlab.runs import atomic_write_bytes, read_json, versions, write_json, write_records
+from trustlab.runs import atomic_write_bytes, config_hash, read_json, versions, write_json, write_records
+from trustlab.runs.folder import MARKER, commit_folder, is_run, run_lock
 from trustlab.seeding import derive_generator
 from trustlab.threat import LpBall
+from trustlab.validation import check_positive_int
 
-__all__ = ["attack_id", "evaluate_attack", "attack_run"]
+__all__ = ["attack_id", "attack_config", "evaluate_attack", "attack_run"]
 
 log = logging.getLogger(__name__)
 
 
-def attack_id(name: str, threat: LpBall, params: dict[str, Any]) -> str:
-    """A readable folder name, e.g. ``pgd-linf-eps0.3-steps40-restarts5``."""
+def attack_id(name: str, threat: LpBall, params: dict[str, Any], *, seed: int = 0, subset: int | None = None,
+              batch_size: int = 500) -> str:
+    """The folder of an evaluation: a readable prefix and a hash of its full configuration
+    (:func:`attack_config`), e.g. ``pgd-linf-eps0.3-steps40-restarts5-1f2e3d4c5b``."""
     norm = "linf" if threat.p == math.inf else "l2"
     extra = "".join(f"-{k.replace('_', '')}{v:g}" if isinstance(v, float) else f"-{k.replace('_', '')}{v}"
                     for k, v in sorted(params.items()) if v is not None)
-    return f"{name}-{norm}-eps{threat.eps:g}{extra}"
+    attack = build_attack(name, threat, **params)
+    digest = config_hash(attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size))
+    return f"{name}-{norm}-eps{threat.eps:g}{extra}-{digest[:10]}"
+
+
+def attack_config(name: str, threat: LpBall, attack, *, seed: int, subset: int | None,
+                  batch_size: int) -> dict[str, Any]:
+    """What makes two evaluations the same: every resolved attack setting, the threat, seed, subset and batch
+    size (which splits the random starts' stream). The checkpoint is checked apart, by its sha256."""
+    return {"attack": attack.to_dict(), "name": name, "threat": threat_dict(threat), "seed": seed, "subset": subset,
+            "batch_size": batch_size}
 
 
 def evaluate_attack(
@@ -85,44 +105,81 @@ def attack_run(
     subset: int | None = None, batch_size: int = 500, seed: int = 0, root: str | None = None, progress: bool = True,
     reuse: bool = False, device: str = "auto",
 ) -> dict[str, Any]:
-    """Load the run's latest checkpoint, attack its test split, and write ``RUN/attacks/<id>/``; returns the summary.
+    """Load the run's latest checkpoint, attack its test split, and commit ``RUN/attacks/<id>/``; returns the summary.
 
-    With ``reuse``, an evaluation already in that folder for the same checkpoint, seed and subset is returned as is.
+    With ``reuse``, a committed evaluation in that folder whose configuration matches exactly and that was computed
+    on the same checkpoint (by sha256) is returned as is.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a trustlab run or has no checkpoint.
+        RunInUseError: another process is writing the run.
     """
     run_dir = Path(run_dir)
-    ckpt_dir = latest_checkpoint(run_dir)
-    if ckpt_dir is None:
-        raise FileNotFoundError(f"no valid checkpoint found in {run_dir}")
-    out = run_dir / "attacks" / attack_id(name, threat, params)
-    if reuse and (out / "summary.json").exists():
-        done, cfg = read_json(out / "summary.json"), read_json(out / "config.json")
-        if done.get("checkpoint") == ckpt_dir.name and cfg.get("seed") == seed and cfg.get("subset") == subset:
-            return done
-    dev = resolve_device(device)
-    model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
-    train_cfg = read_json(run_dir / "config.json")["config"]
-    splits = make_splits(train_cfg["dataset"], root=root or train_cfg.get("root"), val_size=train_cfg.get("val_size"),
-                         seed=train_cfg["seed"], subset=train_cfg.get("subset"))
-    x, y = splits.test
-    if subset is not None:  # a prefix of the run's test split, so record indices agree across evaluations
-        if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
-            raise ValueError(f"subset must be an int >= 1, got {subset!r}")
-        x, y = x[:subset], y[:subset]
-    x, y = x.to(dev), y.to(dev)
+    if not run_dir.is_dir() or not is_run(run_dir):
+        raise FileNotFoundError(f"no valid checkpoint found in {run_dir}: it is not a trustlab run folder (no {MARKER})")
+    if isinstance(subset, bool) or not (subset is None or isinstance(subset, int) and subset >= 1):
+        raise ValueError(f"subset must be an int >= 1, got {subset!r}")
+    check_positive_int(batch_size, "batch_size")
     attack = build_attack(name, threat, **params)
-    log.info("attack %s on %d test examples of %s (%s)", name, len(x), run_dir, dev)
-    t0 = time.perf_counter()
-    records, x_adv = evaluate_attack(model, x, y, attack, batch_size=batch_size, seed=seed, progress=progress)
-    seconds = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    n = len(records)
-    summary = {"attack": name, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
-               "robust_acc": sum(r["robust"] for r in records) / n, "seconds": seconds,
-               "checkpoint": ckpt_dir.name}
-    write_json(out / "config.json", {"attack": attack.to_dict(), "name": name, "threat": threat_dict(threat),
-                                     "seed": seed, "subset": subset, "run": str(run_dir), "runtime": runtime_info(dev),
-                                     "versions": versions()})
-    write_records(out / "records.jsonl", records)
-    atomic_write_bytes(out / "examples.safetensors", save(_example_grid(x.cpu(), x_adv.cpu(), records)))
-    write_json(out / "summary.json", summary)
+    identity = attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size)
+    with run_lock(run_dir):
+        ckpt_dir = latest_checkpoint(run_dir)
+        if ckpt_dir is None:
+            raise FileNotFoundError(f"no valid checkpoint found in {run_dir}")
+        checkpoint = checkpoint_ref(ckpt_dir)
+        out = run_dir / "attacks" / attack_id(name, threat, params, seed=seed, subset=subset, batch_size=batch_size)
+        if reuse:
+            done = _committed(out, identity, checkpoint)
+            if done is not None:
+                return done
+        dev = resolve_device(device)
+        model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
+        train_cfg = read_json(run_dir / "config.json")["config"]
+        splits = make_splits(train_cfg["dataset"], root=root or train_cfg.get("root"),
+                             val_size=train_cfg.get("val_size"), seed=train_cfg["seed"], subset=train_cfg.get("subset"))
+        x, y = splits.test
+        if subset is not None:  # a prefix of the run's test split, so record indices agree across evaluations
+            x, y = x[:subset], y[:subset]
+        x, y = x.to(dev), y.to(dev)
+        log.info("attack %s on %d test examples of %s (%s)", name, len(x), run_dir, dev)
+        t0 = time.perf_counter()
+        records, x_adv = evaluate_attack(model, x, y, attack, batch_size=batch_size, seed=seed, progress=progress)
+        seconds = time.perf_counter() - t0
+        n = len(records)
+        summary = {"attack": name, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
+                   "robust_acc": sum(r["robust"] for r in records) / n, "seconds": seconds,
+                   "checkpoint": ckpt_dir.name, "checkpoint_sha256": checkpoint["sha256"]}
+        config = {**identity, "checkpoint": checkpoint, "run": str(run_dir), "runtime": runtime_info(dev),
+                  "versions": versions()}
+        _commit(out, config, records, save(_example_grid(x.cpu(), x_adv.cpu(), records)), summary)
     return summary
+
+
+def _committed(out: Path, identity: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of the committed evaluation in ``out`` if it is exactly ``identity`` on ``checkpoint``."""
+    try:
+        done, cfg = read_json(out / "summary.json"), read_json(out / "config.json")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or not isinstance(done, dict):
+        return None
+    same = all(cfg.get(k) == v for k, v in identity.items())
+    return done if same and cfg.get("checkpoint") == checkpoint else None
+
+
+def _commit(out: Path, config: dict[str, Any], records: list[dict[str, Any]], examples: bytes,
+            summary: dict[str, Any]) -> None:
+    """Write the evaluation into ``attacks/.<id>.<random>.tmp/`` and rename it to ``out`` in one step."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(".*.tmp"):  # left by a killed evaluation (we hold the run's lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()
+    try:
+        write_json(tmp / "config.json", config)
+        write_records(tmp / "records.jsonl", records)
+        atomic_write_bytes(tmp / "examples.safetensors", examples)
+        write_json(tmp / "summary.json", summary)
+        commit_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

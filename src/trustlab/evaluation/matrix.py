@@ -22,6 +22,7 @@ from trustlab.reports.metrics import robustness_matrix
 from trustlab.reports.report import build_report
 from trustlab.reports.runs import load_runs
 from trustlab.reports.tables import matrix_markdown
+from trustlab.runs.folder import is_run, run_lock
 from trustlab.threat import LpBall, parse_p
 from trustlab.training.config import TrainConfig
 from trustlab.training.defenses import DEFENSES, build_defense, split_prefixed
@@ -107,9 +108,10 @@ class MatrixResult:
 
 
 def _train_or_reuse(config: TrainConfig, run: Path, *, progress: bool) -> Path:
-    """Train ``run`` unless it already holds this exact config (then resume: a no-op when complete)."""
-    has_ckpt = (run / "checkpoints" / "latest.json").exists()
-    train_run(config, run, resume=has_ckpt, overwrite=not has_ckpt and run.exists(), progress=progress)
+    """Train ``run`` unless it already holds this exact config (then resume: a no-op when complete). A folder
+    that is not a trustlab run is never overwritten (:func:`~trustlab.runs.folder.check_overwritable`)."""
+    resume = is_run(run)
+    train_run(config, run, resume=resume, overwrite=not resume and run.exists(), progress=progress)
     return run
 
 
@@ -141,17 +143,19 @@ def run_matrix(
     The report (``out/report/report.html`` and ``report.md``) is rebuilt from the records alone.
     """
     out = Path(out)
-    runs = []
-    for defense in mc.train:
-        config = dataclasses.replace(base, defense=mc.defense(defense), eps=mc.eps, p=mc.p)
-        run = _train_or_reuse(config, out / f"train-{defense}", progress=progress)
-        _evaluate(run, mc, seed=base.seed, progress=progress, device=base.device)
-        runs.append(run)
-    views = load_runs(runs)
-    rows = robustness_matrix(views, mc.evals, eps=mc.eps, p=mc.p)
-    flags = diagnose(views)
-    report = build_report(runs, out / "report", eps=mc.eps, p=mc.p, title=f"trustlab robustness matrix ({base.dataset})",
-                          extra_sections=extra_sections)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):  # one matrix per folder; each run is locked again by train_run and attack_run
+        runs = []
+        for defense in mc.train:
+            config = dataclasses.replace(base, defense=mc.defense(defense), eps=mc.eps, p=mc.p)
+            run = _train_or_reuse(config, out / f"train-{defense}", progress=progress)
+            _evaluate(run, mc, seed=base.seed, progress=progress, device=base.device)
+            runs.append(run)
+        views = load_runs(runs)
+        rows = robustness_matrix(views, mc.evals, eps=mc.eps, p=mc.p)
+        flags = diagnose(views)
+        report = build_report(runs, out / "report", eps=mc.eps, p=mc.p,
+                              title=f"trustlab robustness matrix ({base.dataset})", extra_sections=extra_sections)
     norm = "inf" if mc.p == math.inf else "2"
     n = rows[0]["n"] if rows else 0
     header = (f"Accuracy (%) on {n} {base.dataset} test images, l_{norm} eps = {mc.eps:g}; "

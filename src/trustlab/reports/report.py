@@ -106,6 +106,10 @@ def build_report(
             sections.append(part.section)
     sections += extra_sections
     subtitle = f"{len(runs)} run(s); rebuilt from records.jsonl files, no model loaded"
+    left_out = [m for run in runs for m in run.left_out]
+    if left_out:  # results of another checkpoint are never combined with the run's own records
+        data["left_out"] = left_out
+        subtitle += f"; {len(left_out)} result(s) of another checkpoint left out: " + "; ".join(left_out)
     page = render_page(title, sections, subtitle=subtitle)
     md = [f"# {escape_markdown(title)}\n", f"{escape_markdown(subtitle)}\n"]
     md += [f'<a id="{s.id}"></a>\n\n## {escape_markdown(s.title)}\n\n{s.markdown_body}' for s in sections]

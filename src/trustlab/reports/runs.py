@@ -10,6 +10,7 @@ records; reports read records).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = ["AttackView", "RunView", "load_run", "load_runs", "load_examples", "a
 
 CLEAN_KEYS = ("idx", "y", "pred", "correct")
 ATTACK_KEYS = ("idx", "y", "pred", "correct", "adv_pred", "adv_correct", "robust")
+log = logging.getLogger(__name__)
 ATTACK_KIND = "attack"  # the name of the attack evaluations' kind, whose views RunView.attacks returns
 _THREAT_FIELDS = ("attack", "eps", "p", "lower", "upper")  # not hyperparameters of the attack itself
 
@@ -91,6 +93,8 @@ class RunView:
         records: the clean test predictions, one row per example.
         attacks: the attack evaluations, sorted by (name, p, eps, id): the same as ``sets={"attack": ...}``.
         sets: kind name -> that kind's views, in the kind's order; kinds without a record set are left out.
+        left_out: one message per record set computed on another checkpoint than the run's records (an attack
+            taken while the model was still training, say); such sets are in no table.
 
     Raises:
         ValueError: the attack views are given both as ``attacks`` and in ``sets``.
@@ -102,6 +106,7 @@ class RunView:
     summary: dict[str, Any]
     records: tuple[dict[str, Any], ...]
     sets: Mapping[str, tuple[Any, ...]]
+    left_out: tuple[str, ...]
 
     def __init__(
         self,
@@ -113,6 +118,7 @@ class RunView:
         records: tuple[dict[str, Any], ...],
         attacks: tuple[AttackView, ...] = (),
         sets: Mapping[str, tuple[Any, ...]] | None = None,
+        left_out: tuple[str, ...] = (),
     ) -> None:
         sets = {str(k): tuple(v) for k, v in (sets or {}).items()}
         if attacks:
@@ -123,6 +129,7 @@ class RunView:
                            ("records", tuple(records))):
             object.__setattr__(self, key, value)
         object.__setattr__(self, "sets", MappingProxyType({k: v for k, v in sets.items() if v}))
+        object.__setattr__(self, "left_out", tuple(left_out))
 
     @property
     def attacks(self) -> tuple[AttackView, ...]:
@@ -236,13 +243,63 @@ def load_run(path: str | Path, *, name: str | None = None) -> RunView:
         raise FileNotFoundError(f"run folder {path} does not exist")
     kinds = record_kinds()
     root = read_record_set(next(k for k in kinds if k.folder is None), path)
-    sets = {}
+    sets, left_out = {}, []
+    current = _run_checkpoint(path, root.summary)
     for kind in kinds:
         if kind.folder is None or not (path / kind.folder).is_dir():
             continue
-        found = tuple(read_record_set(kind, f) for f in sorted((path / kind.folder).iterdir()) if f.is_dir())
+        # a hidden folder is a result still being written (or left by a kill), never a committed one
+        found = tuple(read_record_set(kind, f) for f in sorted((path / kind.folder).iterdir())
+                      if f.is_dir() and not f.name.startswith("."))
+        other = [s for s in found if not _same_checkpoint(_set_checkpoint(s), current)]
+        for s in other:
+            left_out.append(f"{path}: {kind.folder}/{s.id} was computed on checkpoint "
+                            f"{_describe(_set_checkpoint(s))}, not on {_describe(current)} as the run's records; "
+                            "left out (evaluate the run again to include it)")
+            log.warning("%s", left_out[-1])
+        found = tuple(s for s in found if s not in other)
         sets[kind.name] = tuple(kind.load(found)) if kind.load is not None else found
-    return RunView(name or path.name, path, root.config, root.summary, records=root.records, sets=sets)
+    return RunView(name or path.name, path, root.config, root.summary, records=root.records, sets=sets,
+                   left_out=tuple(left_out))
+
+
+def _run_checkpoint(path: Path, summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint the run's own records were computed on: named in ``summary.json``, else (a run written
+    before it was) the latest one; ``None`` when neither can be told."""
+    ref = summary.get("checkpoint")
+    if isinstance(ref, Mapping):
+        return dict(ref)
+    try:  # read as JSON, not through trustlab.checkpoint: a report imports no checkpoint or model code
+        name = read_json(path / "checkpoints" / "latest.json")["name"]
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            return None
+        sha = read_json(path / "checkpoints" / str(name) / "manifest.json")["files"]["model.safetensors"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"name": name, "sha256": sha}
+
+
+def _set_checkpoint(s: RecordSet) -> dict[str, Any] | None:
+    """The checkpoint a record set names: ``config.json``'s ``checkpoint``, or an older ``summary.json``'s name."""
+    ref = s.config.get("checkpoint")
+    if isinstance(ref, Mapping):
+        return dict(ref)
+    name = s.summary.get("checkpoint")
+    return {"name": name, "sha256": s.summary.get("checkpoint_sha256")} if isinstance(name, str) else None
+
+
+def _same_checkpoint(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Same weights (by sha256 when both have one, else by name); a set or run that names none is kept."""
+    if a is None or b is None:
+        return True
+    if a.get("sha256") and b.get("sha256"):
+        return a["sha256"] == b["sha256"]
+    return a.get("name") == b.get("name")
+
+
+def _describe(ref: Mapping[str, Any] | None) -> str:
+    sha = (ref or {}).get("sha256")
+    return f"{(ref or {}).get('name')}" + (f" (sha256 {sha[:12]})" if sha else "")
 
 
 def load_runs(paths: list[str | Path]) -> list[RunView]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from trustlab.device import check_device
 from trustlab.runs.identity import config_hash
-from trustlab.threat import parse_p
+from trustlab.threat import LpBall, parse_p
 from trustlab.training.defenses import DEFENSES, Defense, build_defense, split_prefixed
 from trustlab.training.defenses.erm import ERM
 from trustlab.training.optimizers import OPTIMIZERS, SCHEDULES
@@ -58,6 +59,11 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {list(SCHEDULES)}")
         object.__setattr__(self, "p", parse_p(self.p))
         object.__setattr__(self, "eps", check_nonneg_float(self.eps, "eps"))
+        LpBall(self.eps, self.p)  # the same bounds as every attack's threat
+        if self.root is not None:
+            if not isinstance(self.root, (str, os.PathLike)):
+                raise ValueError(f"root must be a folder path (a string), got {self.root!r}")
+            object.__setattr__(self, "root", os.fspath(self.root))
         object.__setattr__(self, "lr", check_nonneg_float(self.lr, "lr", positive=True))
         check_nonneg_float(self.momentum, "momentum")
         check_nonneg_float(self.weight_decay, "weight_decay")

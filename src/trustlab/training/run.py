@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import ExitStack
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,22 @@ import torch
 from torch.utils.data import Sampler
 
 from trustlab.attacks import clean_accuracy, predict_proba
-from trustlab.checkpoint import commit_checkpoint, latest_checkpoint, load_checkpoint
+from trustlab.checkpoint import checkpoint_ref, commit_checkpoint, latest_checkpoint, load_checkpoint
 from trustlab.data import Splits, make_loader, make_splits
 from trustlab.data.transform import TrainingSetTransform, apply_transform
 from trustlab.device import resolve_device, runtime_info
 from trustlab.errors import CheckpointError
 from trustlab.models import build_model
 from trustlab.runs import RunWriter, config_hash, read_json, versions
+from trustlab.runs.folder import (LOCK, MARKER, check_overwritable, is_run, read_marker, replace_run, run_lock,
+                                    staging_folder, write_marker)
 from trustlab.seeding import derive_generator, derive_seed
 from trustlab.threat import LpBall
 from trustlab.training.config import TrainConfig, migrate_legacy
 from trustlab.training.defenses import Defense, option_prefix
 from trustlab.training.loop import train_epoch
 from trustlab.training.optimizers import build_optimizer, build_scheduler
+from trustlab.training.state import check_train_state, train_state
 
 __all__ = ["train_run", "identity_of", "resolve_train_config"]
 
@@ -91,18 +95,37 @@ def _flatten_defense(values: dict[str, Any]) -> dict[str, Any]:
     return {**{option_prefix(name) + k: v for k, v in spec.items()}, **values, "defense": name}
 
 
-def _prepare_out(out: Path, *, resume: bool, overwrite: bool, writer: RunWriter) -> None:
+def _open_out(out: Path, *, resume: bool, overwrite: bool, writer: RunWriter, stack: ExitStack) -> Path:
+    """Lock the run folder ``out`` for this process (until ``stack`` closes) and return the folder to train into:
+    ``out`` itself, or for an overwrite a hidden sibling that :func:`replace_run` swaps in once the new run is
+    complete, so a failing or killed new run leaves the old one intact."""
     if resume:
         if not out.is_dir():
             raise FileNotFoundError(f"can't find a valid checkpoint at {out}: the folder does not exist")
-        return
-    if out.exists() and any(out.iterdir()):
+        if not is_run(out):
+            raise FileNotFoundError(f"can't find a valid checkpoint at {out}: it is not a trustlab run folder "
+                                    f"(no {MARKER})")
+        if writer.enabled:
+            stack.enter_context(run_lock(out))
+        return out
+    if not writer.enabled:  # another rank writes the folder
+        return out
+    if out.exists() and any(e.name != LOCK for e in out.iterdir()):
+        if is_run(out):  # a second writer learns which process holds the run
+            stack.enter_context(run_lock(out))
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass --resume to continue it or --overwrite")
-        if not (out / "config.json").exists():
-            raise FileExistsError(f"refusing to overwrite {out}: it is not a trustlab run folder (no config.json)")
-        writer.call(shutil.rmtree, out)
-    writer.call(out.mkdir, parents=True, exist_ok=True)
+        check_overwritable(out)
+        staged = staging_folder(out)
+        stack.enter_context(run_lock(staged))
+        write_marker(staged)
+        return staged
+    out.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(run_lock(out))
+    if any(e.name != LOCK for e in out.iterdir()):  # another process created the run first
+        raise FileExistsError(f"{out} exists and is not empty; pass --resume to continue it or --overwrite")
+    write_marker(out)
+    return out
 
 
 def _check_identity(out: Path, identity: dict[str, Any], config: TrainConfig, *, force: bool) -> None:
@@ -153,12 +176,6 @@ def _defense_at(config: TrainConfig, epoch: int) -> tuple[LpBall, Defense]:
     return LpBall(config.eps * ramp, config.p), config.defense.scaled(ramp)
 
 
-def _train_state(epoch: int, optimizer, scheduler, history: list, seconds: float) -> dict[str, Any]:
-    """What a checkpoint needs besides the weights to resume after ``epoch``."""
-    return {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": history, "train_seconds": seconds}
-
-
 def train_run(
     config: TrainConfig,
     out: Path,
@@ -199,9 +216,25 @@ def train_run(
                                                    generator=derive_generator(config.seed, _TRANSFORM_SEED_KEY))
     info = splits.info
     identity = identity_of(config, splits)
-    arch = {"name": config.model, "in_shape": list(info.shape), "num_classes": info.num_classes}
     model = build_model(config.model, in_shape=info.shape, num_classes=info.num_classes, seed=config.seed).to(device)
-    _prepare_out(out, resume=resume, overwrite=overwrite, writer=writer)  # only once the data and model are good
+    with ExitStack() as stack:  # the run folder stays locked until the run is committed
+        folder = _open_out(out, resume=resume, overwrite=overwrite, writer=writer, stack=stack)
+        if folder != out:
+            writer = RunWriter(folder, enabled=writer.enabled)
+        summary = _train_in(folder, config, model, splits, device=device, identity=identity,
+                            transform_record=transform_record, resume=resume, force_resume=force_resume,
+                            progress=progress, sampler=sampler, writer=writer)
+        if folder != out:
+            writer.call(replace_run, out, folder)
+        return summary
+
+
+def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: torch.device,
+              identity: dict[str, Any], transform_record: dict[str, Any] | None, resume: bool, force_resume: bool,
+              progress: bool, sampler: Sampler | None, writer: RunWriter) -> dict[str, Any]:
+    """The body of :func:`train_run` in the locked folder ``out``."""
+    info = splits.info
+    arch = {"name": config.model, "in_shape": list(info.shape), "num_classes": info.num_classes}
     loader_gen = torch.Generator()
     loader = make_loader(*splits.train, batch_size=config.batch_size, shuffle=sampler is None,
                          generator=loader_gen if sampler is None else None, sampler=sampler)
@@ -212,24 +245,39 @@ def train_run(
     ckpt_args = {"arch": arch, "dataset": info.name, "config": config.to_dict()}
 
     start, history, seconds = 0, [], 0.0
+    ckpt_dir = None
     if resume:
-        _check_identity(out, identity, config, force=force_resume)
+        if (out / "config.json").exists():
+            _check_identity(out, identity, config, force=force_resume)
         ckpt_dir = latest_checkpoint(out)
-        if ckpt_dir is None:
+        if ckpt_dir is None and read_marker(out) is None:  # a legacy run always had a checkpoint
             raise FileNotFoundError(f"no valid checkpoint found in {out}")
+    if ckpt_dir is not None:
         ckpt = load_checkpoint(ckpt_dir, expected_arch=arch, map_location=device)
+        state = check_train_state(ckpt.state, ckpt_dir, epochs=config.epochs)
         summary_path = out / "summary.json"
-        if ckpt.state["epoch"] == config.epochs and summary_path.exists():
+        if state["epoch"] == config.epochs and summary_path.exists():
             log.info("run in %s is already complete; nothing to do", out)
             return read_json(summary_path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt_dir / 'state.pt'} has an optimizer or scheduler state that does not "
+                                  f"fit this run: {type(exc).__name__}: {exc}") from exc
         model.load_state_dict(ckpt.model.state_dict())
-        optimizer.load_state_dict(ckpt.state["optimizer"])
-        scheduler.load_state_dict(ckpt.state["scheduler"])
-        start, history, seconds = ckpt.state["epoch"], list(ckpt.state["history"]), float(ckpt.state["train_seconds"])
+        start, history, seconds = state["epoch"], list(state["history"]), float(state["train_seconds"])
         log.info("resuming %s at epoch %d (a partly done epoch restarts from its beginning)", out, start + 1)
+        writer.records("progress.jsonl", history)  # the committed epochs, also one killed before its row
+        _record_resume(out, config, identity, start, writer)
         if config.keep_best and ckpt_dir.name != _FINAL:  # a kill between the epoch's commit and the best's
             _update_best(out, model, history, config, ckpt_args, writer)
-    else:
+    else:  # a new run, or one killed before its first checkpoint: start from scratch
+        if resume:
+            log.info("%s has no checkpoint yet; starting it from scratch", out)
+            for stale in ("progress.jsonl", "records.jsonl", "summary.json", "best"):
+                if (out / stale).exists():
+                    writer.call(_remove, out / stale)
         sizes = {k: len(getattr(splits, k)[0]) for k in ("train", "val", "test")}
         writer.json("config.json", {
             "config": config.to_dict(), "identity": identity, "runtime": runtime_info(device),
@@ -258,10 +306,10 @@ def train_run(
                **_validate(model, splits, threat, config, epoch, device)}
         history.append(row)
         writer.call(commit_checkpoint, out, f"epoch_{epoch + 1:04d}", model, **ckpt_args,
-                    state=_train_state(epoch + 1, optimizer, scheduler, history, seconds))
+                    state=train_state(epoch + 1, optimizer, scheduler, history, seconds))
         if config.keep_best:
             _update_best(out, model, history, config, ckpt_args, writer)
-        writer.append("progress.jsonl", [row])
+        writer.records("progress.jsonl", history)  # rewritten whole: it always equals the committed history
         log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
                  {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
         if "val_pgd_acc" in row and row["train_acc"] - row["val_pgd_acc"] > 0.3:
@@ -270,9 +318,28 @@ def train_run(
 
     selected = None
     if config.keep_best:
-        state = _train_state(config.epochs, optimizer, scheduler, history, seconds)
+        state = train_state(config.epochs, optimizer, scheduler, history, seconds)
         selected = _select_best(out, model, state, config, ckpt_args, writer, device)
     return _finish(out, model, splits, config, history, seconds, writer, device, selected)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _record_resume(out: Path, config: TrainConfig, identity: dict[str, Any], epoch: int, writer: RunWriter) -> None:
+    """Keep ``config.json`` true to what the run does: a resume with another config (``--force-resume``, or a
+    new device or data root) writes the new config and identity, and lists what changed at which epoch."""
+    saved = read_json(out / "config.json")
+    old, new = dict(saved.get("config", {})), config.to_dict()
+    if old == new and saved.get("identity") == identity:
+        return
+    changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    resumes = list(saved.get("resumes", [])) + [{"epoch": epoch, "changed": changed}]
+    writer.json("config.json", {**saved, "config": new, "identity": identity, "resumes": resumes})
 
 
 def _best_epoch(history: list[dict[str, Any]], config: TrainConfig) -> int | None:
@@ -345,5 +412,8 @@ def _finish(out: Path, model, splits: Splits, config: TrainConfig, history: list
         "selected_epoch": last.get("epoch"),
         "history": history,
     }
+    latest = latest_checkpoint(out)
+    if latest is not None:  # the checkpoint these records were computed on, so reports combine only its results
+        summary["checkpoint"] = checkpoint_ref(latest)
     writer.json("summary.json", summary)
     return summary

@@ -7,7 +7,7 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
-from trustlab.cli.parsing import given
+from trustlab.cli.parsing import given, shown
 
 NAME = "attack"
 HELP = "attack a trained run's model on its test split"
@@ -64,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, seed=args.seed, root=args.root, progress=not args.quiet,
                          device=args.device)
     norm = "inf" if threat.p == math.inf else "2"
-    print(f"{args.run}: {args.attack} (l_{norm}, eps={threat.eps:g}) on {summary['n']} test examples: "
+    print(f"{shown(args.run)}: {args.attack} (l_{norm}, eps={threat.eps:g}) on {summary['n']} test examples: "
           f"clean {summary['clean_acc']:.4f}, robust {summary['robust_acc']:.4f} ({summary['seconds']:.0f} s)")
     return 0

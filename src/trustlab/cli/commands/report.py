@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from trustlab.cli.parsing import shown
+
 NAME = "report"
 HELP = "rebuild tables, plots, Markdown and HTML from run records"
 
@@ -21,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
     from trustlab.reports.report import build_report
 
     path = build_report(args.runs, Path(args.out), eps=args.eps, p=args.p, title=args.title)
-    print(f"Report: {path} (Markdown: {path.with_suffix('.md')})")
+    print(f"Report: {shown(path)} (Markdown: {shown(path.with_suffix('.md'))})")
     return 0

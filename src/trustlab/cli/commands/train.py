@@ -6,7 +6,7 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from trustlab.cli.parsing import add_dataclass_flag, given
+from trustlab.cli.parsing import add_dataclass_flag, given, shown
 
 NAME = "train"
 HELP = "train a model (standard or adversarial) into a run folder"
@@ -50,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
     kept = summary.get("selected_epoch")
     metric = config.defense.selection_metric
     kept = f", weights of epoch {kept} (best {metric})" if config.keep_best and kept else ""
-    print(f"{args.out}: test accuracy {summary['test_acc']:.4f} after {summary['epochs']} epochs{kept} "
+    print(f"{shown(args.out)}: test accuracy {summary['test_acc']:.4f} after {summary['epochs']} epochs{kept} "
           f"({summary['train_seconds']:.0f} s of training)")
     return 0

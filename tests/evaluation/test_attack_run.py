@@ -1,0 +1,102 @@
+"""DATA-08/09 and issue 8 (findings 3, 5, 6): an attack result is one committed unit, named by its whole
+configuration, reused only when it matches exactly, and written under the run's lock."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from trustlab.errors import RunInUseError
+from trustlab.evaluation import attack_run
+from trustlab.runs.folder import run_lock
+from trustlab.threat import LpBall
+from trustlab.training import TrainConfig, train_run
+
+PGD = {"steps": 3}
+attack_module = importlib.import_module("trustlab.evaluation.attack_run")  # the package exports the function
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL in the middle of writing a result."""
+
+
+@pytest.fixture()
+def run(tmp_path) -> Path:
+    out = tmp_path / "run"
+    train_run(TrainConfig(dataset="digits", model="mlp", epochs=1, subset=100, batch_size=50), out, progress=False)
+    return out
+
+
+def _results(run: Path) -> list[Path]:
+    return sorted((run / "attacks").iterdir())
+
+
+def test_data09_results_differing_in_seed_or_subset_do_not_replace_each_other(run):
+    first = attack_run(run, "pgd", LpBall(0.1), PGD, subset=20, progress=False)
+    attack_run(run, "pgd", LpBall(0.1), PGD, seed=5, progress=False)
+    folders = _results(run)
+    assert len(folders) == 2 and all(f.name.startswith("pgd-linf-eps0.1-steps3-") for f in folders)
+    kept = [json.loads((f / "summary.json").read_text()) for f in folders]
+    assert first in kept and sorted(s["n"] for s in kept) == [20, 100]
+
+
+def test_data08_killed_write_leaves_no_half_result_and_reuse_needs_an_exact_match(run, monkeypatch):
+    partial = attack_run(run, "pgd", LpBall(0.1), PGD, subset=20, progress=False)
+    before = {f.name: sorted(p.name for p in f.iterdir()) for f in _results(run)}
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    monkeypatch.setattr(attack_module, "write_records", killed)
+    with pytest.raises(_Killed):
+        attack_run(run, "pgd", LpBall(0.1), PGD, progress=False)
+    assert {f.name: sorted(p.name for p in f.iterdir()) for f in _results(run)} == before
+    monkeypatch.undo()
+    full = attack_run(run, "pgd", LpBall(0.1), PGD, reuse=True, progress=False)
+    assert full["n"] == 100 and partial["n"] == 20
+    assert attack_run(run, "pgd", LpBall(0.1), PGD, reuse=True, progress=False) == full
+    cfg = json.loads((_results(run)[0] / "config.json").read_text())
+    assert cfg["checkpoint"]["name"] == "epoch_0001" and len(cfg["checkpoint"]["sha256"]) == 64
+
+
+def test_data09_attack_refuses_a_run_another_process_writes(run):
+    with run_lock(run):
+        with pytest.raises(RunInUseError, match="is in use by PID"):
+            attack_run(run, "fgsm", LpBall(0.1), {}, progress=False)
+    assert not (run / "attacks").exists()
+
+
+def test_data09_matrix_refuses_a_folder_another_matrix_writes(tmp_path):
+    from trustlab.evaluation.matrix import MatrixConfig, run_matrix
+
+    base = TrainConfig(dataset="digits", model="mlp", epochs=1, subset=100, batch_size=50)
+    mc = MatrixConfig(eps=0.1, train=("none",), evals=("clean", "fgsm"), eps_grid=())
+    tmp_path.joinpath("m").mkdir()
+    with run_lock(tmp_path / "m"):
+        with pytest.raises(RunInUseError, match="is in use by PID"):
+            run_matrix(base, mc, tmp_path / "m", progress=False)
+    assert [p.name for p in (tmp_path / "m").iterdir()] == [".trustlab.lock"]
+
+
+def test_eval_results_of_another_checkpoint_are_left_out_of_reports_and_matrix(run, tmp_path):
+    from trustlab.reports.metrics import robustness_matrix
+    from trustlab.reports.report import build_report
+    from trustlab.reports.runs import load_run
+
+    attack_run(run, "pgd", LpBall(0.1), PGD, progress=False)  # on epoch 1
+    train_run(TrainConfig(dataset="digits", model="mlp", epochs=2, subset=100, batch_size=50), run, resume=True,
+              force_resume=True, progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["checkpoint"]["name"] == "epoch_0002" and len(summary["checkpoint"]["sha256"]) == 64
+    view = load_run(run)
+    assert view.attacks == ()
+    (message,) = view.left_out
+    assert "was computed on checkpoint epoch_0001" in message and "not on epoch_0002" in message
+    assert [r.get("pgd") for r in robustness_matrix([view], ("clean", "pgd"), eps=0.1)] == [None]
+    report = json.loads((build_report([run], tmp_path / "report").parent / "report.json").read_text())
+    assert report["left_out"] == [message]
+    attack_run(run, "pgd", LpBall(0.1), PGD, reuse=True, progress=False)  # recomputed on epoch 2, not reused
+    assert len(load_run(run).attacks) == 1 and load_run(run).left_out == ()
