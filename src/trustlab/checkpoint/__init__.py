@@ -6,10 +6,10 @@ A checkpoint is a directory::
     state.pt            optional: optimizer/scheduler state, RNG states, counters (tensors and primitives only,
                         read with ``torch.load(..., weights_only=True)`` and never anything else)
     manifest.json       written last: format version, arch, dataset, config and its hash, versions, creation
-                        time, the sha256 of every file, and the sha256 of the manifest itself
+                        time, the sha256 and size of every file, and the sha256 of the manifest itself
 
-Loading verifies the manifest and every checksum before parsing anything, parses exactly the bytes it
-hashed, rebuilds the model from the closed registry (:func:`trustlab.models.build_model`) and loads it with
+Loading verifies the manifest, every file's size (before reading it) and every checksum before parsing anything,
+parses exactly the bytes it hashed, rebuilds the model from the closed registry (:func:`trustlab.models.build_model`) and loads it with
 ``strict=True`` after checking keys, shapes, dtypes and finiteness itself, so a failure never leaves a model
 half loaded. Every failure is a :class:`~trustlab.errors.CheckpointError` naming the path.
 

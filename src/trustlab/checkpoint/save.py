@@ -115,6 +115,7 @@ def save_checkpoint(
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(),
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()},
+        "sizes": {name: len(data) for name, data in blobs.items()},  # checked before a file is read
     }
     manifest[_SELF_HASH_KEY] = canonical_sha256(manifest)
     atomic_write_json(directory / MANIFEST_FILE, manifest)
