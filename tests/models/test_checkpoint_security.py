@@ -27,6 +27,7 @@ import trustlab.checkpoint.rundir as ckpt_rundir
 import trustlab.checkpoint.save as ckpt_save
 from trustlab.checkpoint import (
     FORMAT_VERSION,
+    SIGNING_KEY_ENV,
     canonical_sha256,
     commit_checkpoint,
     latest_checkpoint,
@@ -431,6 +432,55 @@ def test_sec06_huge_manifest_is_refused_unparsed(tmp_path):
     os.truncate(tmp_path / "manifest.json", 17 << 20)
     with pytest.raises(CheckpointError, match=r"manifest\.json is larger than 16777216 bytes"):
         load_checkpoint(tmp_path)
+
+
+def test_sec06_signed_checkpoint_verifies_with_its_key(tmp_path):
+    model = _save_signed(tmp_path, "my secret")
+    assert _same(_params(load_checkpoint(tmp_path, key="my secret").model), _params(model))
+    assert _same(_params(load_checkpoint(tmp_path, key=b"my secret").model), _params(model))
+    assert verify_checkpoint(tmp_path, key="my secret")["signature"]["alg"] == "hmac-sha256"
+    assert load_checkpoint(tmp_path).model is not None  # without a key, nothing changes
+
+
+def test_sec06_tampered_manifest_passes_the_checksum_but_not_the_signature(tmp_path):
+    """The sha256 detects corruption, not tampering: recomputed, it passes; only the key's signature catches it."""
+    _save_signed(tmp_path, "my secret")
+    evil = _model(seed=7)
+    _replace_file(tmp_path, "model.safetensors", safetensors.torch.save(_params(evil)))  # recomputes the sha256s
+    assert _same(_params(load_checkpoint(tmp_path).model), _params(evil))
+    with pytest.raises(CheckpointError, match=r"signature mismatch for .*manifest\.json: it was signed with another "
+                                              r"key, or altered since"):
+        load_checkpoint(tmp_path, key="my secret")
+
+
+def test_sec06_wrong_key_and_unsigned_are_refused(tmp_path, monkeypatch):
+    _save_signed(tmp_path / "signed", "my secret")
+    with pytest.raises(CheckpointError, match="signature mismatch"):
+        load_checkpoint(tmp_path / "signed", key="not my secret")
+    _save(tmp_path / "unsigned")
+    with pytest.raises(CheckpointError, match=r"manifest\.json is not signed, but a signing key was given"):
+        verify_checkpoint(tmp_path / "unsigned", key="my secret")
+    monkeypatch.setenv(SIGNING_KEY_ENV, "my secret")  # the environment variable is a key too
+    with pytest.raises(CheckpointError, match="is not signed"):
+        load_checkpoint(tmp_path / "unsigned")
+    assert load_checkpoint(tmp_path / "signed").model is not None
+    with pytest.raises(ValueError, match="key must not be empty"):
+        load_checkpoint(tmp_path / "signed", key="")
+
+
+def test_sec06_commit_signs_with_the_environment_key(tmp_path, monkeypatch):
+    monkeypatch.setenv(SIGNING_KEY_ENV, "env secret")
+    directory = commit_checkpoint(tmp_path, "step_1", _model(), arch=DIGITS, dataset="digits", config=CONFIG)
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    assert load_checkpoint(directory, key="env secret").model is not None
+    with pytest.raises(CheckpointError, match="signature mismatch"):
+        load_checkpoint(directory, key="my secret")
+
+
+def _save_signed(directory, key):
+    model = _model()
+    save_checkpoint(directory, model, arch=DIGITS, dataset="digits", config=CONFIG, key=key)
+    return model
 
 
 @pytest.mark.parametrize("filename", ["model.safetensors", "state.pt"])

@@ -13,6 +13,11 @@ parses exactly the bytes it hashed, rebuilds the model from the closed registry 
 ``strict=True`` after checking keys, shapes, dtypes and finiteness itself, so a failure never leaves a model
 half loaded. Every failure is a :class:`~trustlab.errors.CheckpointError` naming the path.
 
+The checksums detect corruption, not tampering (whoever edits a file can recompute them). To tell your own
+checkpoints apart, sign them: with ``key=`` (or ``$TRUSTLAB_SIGNING_KEY``) the manifest carries an HMAC-SHA256
+signature, and a load given the key refuses an unsigned or wrongly signed manifest
+(:mod:`trustlab.checkpoint.signing`).
+
 Training runs keep checkpoints in ``<run>/checkpoints/<name>/`` and a pointer ``<run>/checkpoints/latest.json``.
 :func:`commit_checkpoint` writes the directory under a temp name, renames it into place, then flips the
 pointer, so ``latest.json`` always names a complete checkpoint (one writer per run folder is assumed).
@@ -43,9 +48,11 @@ from trustlab.checkpoint.rundir import (
     prune_checkpoints,
 )
 from trustlab.checkpoint.save import save_checkpoint
+from trustlab.checkpoint.signing import SIGNING_KEY_ENV
 
 __all__ = [
     "FORMAT_VERSION",
+    "SIGNING_KEY_ENV",
     "Checkpoint",
     "canonical_sha256",
     "save_checkpoint",

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from trustlab.checkpoint.signing import check_signature, resolve_key
 from trustlab.errors import CheckpointError
 from trustlab.models import MODELS, model_names
 
@@ -55,28 +56,34 @@ def canonical_sha256(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def verify_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
+def verify_checkpoint(directory: str | os.PathLike[str], *, key: str | bytes | None = None) -> dict[str, Any]:
     """Check a checkpoint's manifest and every file's checksum without parsing weights or state.
 
     Args:
         directory: the checkpoint directory.
+        key: a signing key (else ``$TRUSTLAB_SIGNING_KEY`` if set): the manifest must carry a signature made
+            with it (:mod:`trustlab.checkpoint.signing`).
 
     Returns:
         The verified manifest.
 
     Raises:
-        CheckpointError: as :func:`load_checkpoint` for a missing, incomplete, newer-format or altered checkpoint.
+        CheckpointError: as :func:`load_checkpoint` for a missing, incomplete, newer-format, altered or (with a
+            key) unsigned or wrongly signed checkpoint.
     """
-    manifest, _ = _verify(Path(directory), None, keep=False)
+    manifest, _ = _verify(Path(directory), None, keep=False, key=key)
     return manifest
 
 
 def _verify(
-    directory: Path, expected_arch: Mapping[str, Any] | None, *, keep: bool = True
+    directory: Path, expected_arch: Mapping[str, Any] | None, *, keep: bool = True, key: str | bytes | None = None
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Read the manifest and check every listed file's size, then its sha256; return the manifest and, when
-    ``keep``, the exact bytes that were hashed (otherwise files are hashed in blocks and not kept)."""
+    """Read the manifest, check its signature (with a key), then every listed file's size and sha256; return the
+    manifest and, when ``keep``, the exact bytes that were hashed (otherwise files are hashed in blocks)."""
+    secret = resolve_key(key)
     manifest = _read_manifest(directory)
+    if secret is not None:  # the signed manifest lists every file's sha256, so the files are covered too
+        check_signature(manifest, secret, directory / MANIFEST_FILE, _SELF_HASH_KEY)
     if expected_arch is not None:
         _check_expected_arch(manifest["arch"], expected_arch, directory)
     missing = [name for name in manifest["files"] if not (directory / name).is_file()]
