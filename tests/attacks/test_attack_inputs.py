@@ -232,3 +232,32 @@ def test_validation_happens_before_any_forward(test_batch):
     with pytest.raises(ValueError, match="y_target equals the true label y for example 0"):
         pgd(model, x, y, LpBall(0.1), y_target=y)
     assert calls == []
+
+
+# -- INP-15: a model that returns probabilities ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["fgsm", "pgd", "attack_batched"])
+def test_inp15_softmax_output_warns_once_per_call(entry, small_model, test_batch):
+    """Gradients of a softmax output saturate: one warning at the user's call, also over several batches."""
+    x, y = test_batch
+    softmax_model = nn.Sequential(small_model, nn.Softmax(dim=1)).eval()
+    with pytest.warns(UserWarning, match="outputs look like probabilities.*pass a model that returns logits") as got:
+        if entry == "attack_batched":
+            attack_batched(PGD(LpBall(0.1), steps=2), softmax_model, x, y, batch_size=50)  # 4 batches
+        else:
+            call(entry, softmax_model, x, y, steps=2) if entry == "pgd" else call(entry, softmax_model, x, y)
+    ours = [w for w in got if "probabilities" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__
+
+
+@pytest.mark.parametrize("entry", ["fgsm", "pgd", "attack_batched"])
+def test_inp15_logit_model_does_not_warn(entry, small_model, test_batch, recwarn):
+    x, y = test_batch
+    if entry == "attack_batched":
+        attack_batched(PGD(LpBall(0.1), steps=2), small_model, x, y, batch_size=50)
+    else:
+        call(entry, small_model, x, y, steps=2) if entry == "pgd" else call(entry, small_model, x, y)
+    # log-probabilities (non-positive, rows do not sum to 1) are fine too
+    call("fgsm", nn.Sequential(small_model, nn.LogSoftmax(dim=1)).eval(), x, y)
+    assert [str(w.message) for w in recwarn] == []

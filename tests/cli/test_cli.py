@@ -106,6 +106,7 @@ def test_sec01_cli_refuses_pickle_checkpoint(tmp_path):
     import hashlib
 
     manifest["files"]["state.pt"] = hashlib.sha256((ckpt / "state.pt").read_bytes()).hexdigest()
+    manifest["sizes"]["state.pt"] = (ckpt / "state.pt").stat().st_size
     if "manifest_sha256" in manifest:
         body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
         manifest["manifest_sha256"] = canonical_sha256(body)

@@ -298,8 +298,7 @@ def test_data01_download_md5_mismatch_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setitem(sources.MD5, "mnist", {name: "0" * 32 for name in IDX_NAMES})
     with pytest.raises(DataError, match=r"could not download t10k-images-idx3-ubyte\.gz.*checksum mismatch"):
         load_dataset("mnist", "test", root=tmp_path / "root")
-    target = tmp_path / "root" / "mnist"
-    assert list(target.iterdir()) == []  # no final-named file and no leftover temporary file
+    assert not (tmp_path / "root").exists()  # no final-named file, no temporary file, no folder made for them
     assert server.is_dir()
 
 
@@ -315,6 +314,53 @@ def test_offline_error_names_files_and_directory(tmp_path, monkeypatch):
     assert f"{tmp_path / 'root' / 'fashion-mnist'}/" in message
     assert "TRUSTLAB_DATA" in message and "network is unreachable" in message
     assert not any(p.is_file() for p in (tmp_path / "root").rglob("*"))
+
+
+def test_data01_offline_creates_no_dataset_folder(tmp_path, monkeypatch):
+    """root = "/etc" with the network down: no /etc/mnist (nor a cache folder) appears."""
+    def offline(url, timeout):
+        raise OSError("network is unreachable")
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0\n")
+    monkeypatch.setattr(download, "_open_url", offline)
+    with pytest.raises(DataError, match="network is unreachable"):
+        load_dataset("mnist", "train", root=etc)
+    with pytest.raises(DataError, match="network is unreachable"):
+        load_dataset("cifar10", "test", root=tmp_path / "new" / "deep")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["etc"]
+    assert [p.name for p in etc.iterdir()] == ["passwd"]
+
+
+def test_data01_download_failing_midway_leaves_nothing(tmp_path, monkeypatch):
+    """The mirror answers, writes part of a file, then the connection drops: the folder made for it goes too."""
+    class Dropping(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() > 0:
+                raise OSError("connection reset by peer")
+            return super().read(3)
+
+    monkeypatch.setattr(download, "_open_url", lambda url, timeout: Dropping(b"partial file"))
+    with pytest.raises(DataError, match="connection reset by peer"):
+        load_dataset("mnist", "test", root=tmp_path / "root")
+    assert not (tmp_path / "root").exists()
+
+
+def test_data01_dataset_is_downloaded_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The images arrive, the labels fail on every mirror: the images are removed with the folder made for them,
+    while a file that was there before stays."""
+    server = _serve(tmp_path, monkeypatch)
+    (server / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"could not download t10k-labels-idx1-ubyte\.gz"):
+        load_dataset("mnist", "test", root=tmp_path / "root")
+    assert not (tmp_path / "root").exists()
+    mine = tmp_path / "mine" / "mnist" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep me")
+    with pytest.raises(DataError, match=r"could not download t10k-labels-idx1-ubyte\.gz"):
+        load_dataset("mnist", "test", root=tmp_path / "mine")
+    assert [p.name for p in mine.parent.iterdir()] == ["notes.txt"]
 
 
 def test_download_false_names_files_and_directory(tmp_path):

@@ -8,10 +8,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pathlib
 import pickle
 import random
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -20,10 +22,12 @@ import torch
 from safetensors import safe_open
 
 import trustlab.checkpoint.load as ckpt_load
+import trustlab.checkpoint.manifest as ckpt_manifest
 import trustlab.checkpoint.rundir as ckpt_rundir
 import trustlab.checkpoint.save as ckpt_save
 from trustlab.checkpoint import (
     FORMAT_VERSION,
+    SIGNING_KEY_ENV,
     canonical_sha256,
     commit_checkpoint,
     latest_checkpoint,
@@ -78,6 +82,7 @@ def _replace_file(directory, filename, data):
     (directory / filename).write_bytes(data)
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["files"][filename] = hashlib.sha256(data).hexdigest()
+    manifest["sizes"][filename] = len(data)
     _resign(directory, manifest)
 
 
@@ -252,6 +257,7 @@ def test_sec04_manifest_contents(tmp_path):
     assert manifest["created"].endswith("+00:00")
     for name in ("model.safetensors", "state.pt"):
         assert manifest["files"][name] == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+        assert manifest["sizes"][name] == (tmp_path / name).stat().st_size
 
 
 @pytest.mark.parametrize(
@@ -364,6 +370,117 @@ def test_sec06_edited_manifest_is_checksum_mismatch(tmp_path):
     path.write_bytes(path.read_bytes().replace(b'"digits"', b'"eigits"'))
     with pytest.raises(CheckpointError, match=r"checksum mismatch for .*manifest\.json"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("check", [load_checkpoint, verify_checkpoint])
+def test_sec06_padded_file_is_refused_before_it_is_read(tmp_path, check):
+    """A file larger than the manifest says is refused from its size alone: 64 MiB of (sparse) padding is never
+    read into memory."""
+    _save(tmp_path, state={"epoch": 1})
+    path = tmp_path / "model.safetensors"
+    size = path.stat().st_size
+    os.truncate(path, size + (64 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=rf"size mismatch for .*model\.safetensors: {size + (64 << 20)} "
+                                                  rf"bytes, the manifest lists {size}"):
+            check(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+def test_sec06_verify_hashes_in_blocks(tmp_path, monkeypatch):
+    """verify_checkpoint never holds a whole file: it hashes in blocks (made small here, so a small file shows it)."""
+    _save(tmp_path, CNN)
+    size = (tmp_path / "model.safetensors").stat().st_size
+    monkeypatch.setattr(ckpt_manifest, "_READ_BLOCK", 4096)
+    tracemalloc.start()
+    try:
+        verify_checkpoint(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 4
+
+
+def test_sec06_manifest_without_sizes_still_loads(tmp_path):
+    """Manifests written before sizes were recorded are accepted (their files are still hashed)."""
+    model = _save(tmp_path, state={"epoch": 1})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["sizes"]
+    _resign(tmp_path, manifest)
+    assert _same(_params(load_checkpoint(tmp_path).model), _params(model))
+    (tmp_path / "state.pt").write_bytes((tmp_path / "state.pt").read_bytes() + b"x")
+    with pytest.raises(CheckpointError, match=r"checksum mismatch for .*state\.pt"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("sizes", [{"model.safetensors": -1, "state.pt": 1}, {"model.safetensors": 5}, [1, 2]])
+def test_sec06_malformed_sizes_are_refused(tmp_path, sizes):
+    _save(tmp_path, state={"epoch": 1})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["sizes"] = sizes
+    _resign(tmp_path, manifest)
+    with pytest.raises(CheckpointError, match="malformed sizes"):
+        load_checkpoint(tmp_path)
+
+
+def test_sec06_huge_manifest_is_refused_unparsed(tmp_path):
+    _save(tmp_path)
+    os.truncate(tmp_path / "manifest.json", 17 << 20)
+    with pytest.raises(CheckpointError, match=r"manifest\.json is larger than 16777216 bytes"):
+        load_checkpoint(tmp_path)
+
+
+def test_sec06_signed_checkpoint_verifies_with_its_key(tmp_path):
+    model = _save_signed(tmp_path, "my secret")
+    assert _same(_params(load_checkpoint(tmp_path, key="my secret").model), _params(model))
+    assert _same(_params(load_checkpoint(tmp_path, key=b"my secret").model), _params(model))
+    assert verify_checkpoint(tmp_path, key="my secret")["signature"]["alg"] == "hmac-sha256"
+    assert load_checkpoint(tmp_path).model is not None  # without a key, nothing changes
+
+
+def test_sec06_tampered_manifest_passes_the_checksum_but_not_the_signature(tmp_path):
+    """The sha256 detects corruption, not tampering: recomputed, it passes; only the key's signature catches it."""
+    _save_signed(tmp_path, "my secret")
+    evil = _model(seed=7)
+    _replace_file(tmp_path, "model.safetensors", safetensors.torch.save(_params(evil)))  # recomputes the sha256s
+    assert _same(_params(load_checkpoint(tmp_path).model), _params(evil))
+    with pytest.raises(CheckpointError, match=r"signature mismatch for .*manifest\.json: it was signed with another "
+                                              r"key, or altered since"):
+        load_checkpoint(tmp_path, key="my secret")
+
+
+def test_sec06_wrong_key_and_unsigned_are_refused(tmp_path, monkeypatch):
+    _save_signed(tmp_path / "signed", "my secret")
+    with pytest.raises(CheckpointError, match="signature mismatch"):
+        load_checkpoint(tmp_path / "signed", key="not my secret")
+    _save(tmp_path / "unsigned")
+    with pytest.raises(CheckpointError, match=r"manifest\.json is not signed, but a signing key was given"):
+        verify_checkpoint(tmp_path / "unsigned", key="my secret")
+    monkeypatch.setenv(SIGNING_KEY_ENV, "my secret")  # the environment variable is a key too
+    with pytest.raises(CheckpointError, match="is not signed"):
+        load_checkpoint(tmp_path / "unsigned")
+    assert load_checkpoint(tmp_path / "signed").model is not None
+    with pytest.raises(ValueError, match="key must not be empty"):
+        load_checkpoint(tmp_path / "signed", key="")
+
+
+def test_sec06_commit_signs_with_the_environment_key(tmp_path, monkeypatch):
+    monkeypatch.setenv(SIGNING_KEY_ENV, "env secret")
+    directory = commit_checkpoint(tmp_path, "step_1", _model(), arch=DIGITS, dataset="digits", config=CONFIG)
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    assert load_checkpoint(directory, key="env secret").model is not None
+    with pytest.raises(CheckpointError, match="signature mismatch"):
+        load_checkpoint(directory, key="my secret")
+
+
+def _save_signed(directory, key):
+    model = _model()
+    save_checkpoint(directory, model, arch=DIGITS, dataset="digits", config=CONFIG, key=key)
+    return model
 
 
 @pytest.mark.parametrize("filename", ["model.safetensors", "state.pt"])

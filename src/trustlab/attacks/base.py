@@ -7,6 +7,7 @@ the model's train/eval mode is switched for the attack and restored afterwards, 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ __all__ = [
     "first_forward",
     "eval_mode",
     "warn_if_training",
+    "warn_if_probabilities",
     "threat_dict",
     "input_gradient",
 ]
@@ -98,7 +100,10 @@ def check_attack_args(x: Tensor, y: Tensor, threat: LpBall, y_target: Tensor | N
 
 
 def check_logits(logits: Tensor, y: Tensor, y_target: Tensor | None = None) -> int:
-    """After the first forward pass: logits are ``(N, K)`` with ``K >= 2`` and labels lie in ``[0, K)``; returns K."""
+    """After the first forward pass: logits are ``(N, K)`` with ``K >= 2`` and labels lie in ``[0, K)``; returns K.
+
+    Warns (once, as this runs once per attack call) if the outputs are probabilities, not logits.
+    """
     n = len(y)
     if logits.dim() != 2 or logits.shape[0] != n or logits.shape[1] < 2:
         raise ValueError(f"model must return logits of shape (N={n}, K>=2), got {tuple(logits.shape)}")
@@ -106,7 +111,35 @@ def check_logits(logits: Tensor, y: Tensor, y_target: Tensor | None = None) -> i
     check_labels(y, n, k)
     if y_target is not None:
         check_labels(y_target, n, k, name="y_target")
+    warn_if_probabilities(logits)
     return k
+
+
+PROBABILITIES_WARNING = "the model's outputs look like probabilities"
+
+
+def warn_if_probabilities(logits: Tensor) -> bool:
+    """Warn if every row of the model's output is non-negative and sums to 1 within 1e-4 (INP-15, the EVAL-10
+    flag); returns whether it did.
+
+    An attack on a softmax output climbs a loss whose gradient vanishes once the softmax saturates, so it can
+    report robustness that is not there (Carlini & Wagner 2017, Sec. 5; Croce & Hein 2020, Sec. 3.1). The
+    warning points at the user's call, not at trustlab's frames.
+    """
+    z = logits.detach().float()
+    if not (bool((z >= 0).all()) and bool(((z.sum(dim=1) - 1).abs() <= 1e-4).all())):
+        return False
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("trustlab."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        f"{PROBABILITIES_WARNING} (every row is non-negative and sums to 1): gradients of probabilities saturate, "
+        "so the attack can underestimate what a stronger one finds; pass a model that returns logits (drop its "
+        "final softmax)",
+        UserWarning,
+        stacklevel=level,
+    )
+    return True
 
 
 def first_forward(model: nn.Module, x: Tensor) -> Tensor:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-from trustlab.attacks.base import check_attack_args, check_model, eval_mode, warn_if_training
+from trustlab.attacks.base import (
+    PROBABILITIES_WARNING,
+    check_attack_args,
+    check_model,
+    eval_mode,
+    warn_if_training,
+)
 from trustlab.errors import NumericalError
 from trustlab.threat import LpBall
 from trustlab.validation import check_inputs, check_positive_int
@@ -90,7 +98,8 @@ def attack_batched(
 
     Args:
         attack: a configured attack with a ``threat`` (an :class:`LpBall`).
-        model: the classifier; run in eval mode (warned once if it is not), its mode restored.
+        model: the classifier, returning logits (warned once if its outputs are probabilities); run in eval mode
+            (warned once if it is not), its mode restored.
         x: clean inputs inside the threat's box; not modified.
         y: true labels ``(N,)``.
         batch_size: examples per attack call (``>= 1``); the last batch may be smaller.
@@ -113,11 +122,13 @@ def attack_batched(
     warn_if_training(model, stacklevel=2)
     x = x.detach()
     x_adv = torch.empty_like(x)
-    with eval_mode(model):
+    with eval_mode(model), warnings.catch_warnings():
         for i in range(0, len(x), batch_size):
             s = slice(i, i + batch_size)
             y_t = None if y_target is None else y_target[s]
             out = attack(model, x[s], y[s], y_target=y_t, generator=generator)
+            # The first batch warned if the outputs are probabilities (INP-15): once per call, not per batch.
+            warnings.filterwarnings("ignore", message=re.escape(PROBABILITIES_WARNING), category=UserWarning)
             if not isinstance(out, Tensor) or out.shape != x[s].shape:
                 shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise ValueError(f"attack returned {shape} for a batch of shape {tuple(x[s].shape)}")

@@ -6,12 +6,17 @@ A checkpoint is a directory::
     state.pt            optional: optimizer/scheduler state, RNG states, counters (tensors and primitives only,
                         read with ``torch.load(..., weights_only=True)`` and never anything else)
     manifest.json       written last: format version, arch, dataset, config and its hash, versions, creation
-                        time, the sha256 of every file, and the sha256 of the manifest itself
+                        time, the sha256 and size of every file, and the sha256 of the manifest itself
 
-Loading verifies the manifest and every checksum before parsing anything, parses exactly the bytes it
-hashed, rebuilds the model from the closed registry (:func:`trustlab.models.build_model`) and loads it with
+Loading verifies the manifest, every file's size (before reading it) and every checksum before parsing anything,
+parses exactly the bytes it hashed, rebuilds the model from the closed registry (:func:`trustlab.models.build_model`) and loads it with
 ``strict=True`` after checking keys, shapes, dtypes and finiteness itself, so a failure never leaves a model
 half loaded. Every failure is a :class:`~trustlab.errors.CheckpointError` naming the path.
+
+The checksums detect corruption, not tampering (whoever edits a file can recompute them). To tell your own
+checkpoints apart, sign them: with ``key=`` (or ``$TRUSTLAB_SIGNING_KEY``) the manifest carries an HMAC-SHA256
+signature, and a load given the key refuses an unsigned or wrongly signed manifest
+(:mod:`trustlab.checkpoint.signing`).
 
 Training runs keep checkpoints in ``<run>/checkpoints/<name>/`` and a pointer ``<run>/checkpoints/latest.json``.
 :func:`commit_checkpoint` writes the directory under a temp name, renames it into place, then flips the
@@ -43,9 +48,11 @@ from trustlab.checkpoint.rundir import (
     prune_checkpoints,
 )
 from trustlab.checkpoint.save import save_checkpoint
+from trustlab.checkpoint.signing import SIGNING_KEY_ENV
 
 __all__ = [
     "FORMAT_VERSION",
+    "SIGNING_KEY_ENV",
     "Checkpoint",
     "canonical_sha256",
     "save_checkpoint",

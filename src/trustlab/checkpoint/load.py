@@ -60,6 +60,7 @@ def load_checkpoint(
     *,
     expected_arch: Mapping[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
+    key: str | bytes | None = None,
 ) -> Checkpoint:
     """Verify and load a checkpoint directory written by :func:`save_checkpoint`.
 
@@ -71,6 +72,8 @@ def load_checkpoint(
         expected_arch: if given, every key it has must equal the manifest's arch (``in_shape`` compared as a
             list), e.g. ``{"name": "cnn-small", "num_classes": 10}``.
         map_location: device for the model and the tensors of ``state.pt``.
+        key: a signing key (else ``$TRUSTLAB_SIGNING_KEY`` if set): the manifest must carry a signature made
+            with it, or the checkpoint is refused. Without one, signatures are not checked.
 
     Returns:
         The :class:`Checkpoint`, with the model in eval mode on ``map_location``.
@@ -80,12 +83,12 @@ def load_checkpoint(
             file is missing ("incomplete checkpoint"), a checksum differs ("checksum mismatch for ..."), the
             format is newer than this trustlab, the arch is unknown or differs from ``expected_arch``, a file
             fails to parse, the weights do not match the architecture or hold NaN/Inf, or ``state.pt`` is
-            not a safe trustlab state file.
-        ValueError: if ``map_location`` is not a device.
+            not a safe trustlab state file; with a key, if the manifest is unsigned or signed with another key.
+        ValueError: if ``map_location`` is not a device, or ``key`` is empty.
     """
     device = _as_device(map_location)
     directory = Path(directory)
-    manifest, blobs = _verify(directory, expected_arch)
+    manifest, blobs = _verify(directory, expected_arch, key=key)
     arch = manifest["arch"]
     weights = _parse_weights(directory / MODEL_FILE, blobs[MODEL_FILE])
     dtype = _float_dtype(weights)
@@ -107,7 +110,11 @@ def load_checkpoint(
 
 
 def load_weights(
-    directory: str | os.PathLike[str], model: nn.Module, *, expected_arch: Mapping[str, Any] | None = None
+    directory: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    expected_arch: Mapping[str, Any] | None = None,
+    key: str | bytes | None = None,
 ) -> dict[str, Any]:
     """Verify a checkpoint and load its weights into an existing ``model`` (strict).
 
@@ -117,7 +124,7 @@ def load_weights(
     Args:
         directory: the checkpoint directory.
         model: the module to load into, with the same state_dict keys, shapes and dtypes as the checkpoint.
-        expected_arch: as in :func:`load_checkpoint`.
+        expected_arch, key: as in :func:`load_checkpoint`.
 
     Returns:
         The verified manifest.
@@ -127,7 +134,7 @@ def load_weights(
             unexpected and size-mismatched keys).
     """
     directory = Path(directory)
-    manifest, blobs = _verify(directory, expected_arch)
+    manifest, blobs = _verify(directory, expected_arch, key=key)
     weights = _parse_weights(directory / MODEL_FILE, blobs[MODEL_FILE])
     _load_strict(model, weights, directory / MODEL_FILE, "the given model")
     return manifest

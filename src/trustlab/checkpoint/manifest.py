@@ -1,8 +1,9 @@
 """The checkpoint format: its version and file names, ``manifest.json`` and the checksums it lists.
 
 The manifest is written last by :func:`~trustlab.checkpoint.save_checkpoint`; reading one back checks its format
-version, its own sha256, the files it lists and its arch, then reads every listed file and checks its sha256,
-before anything is parsed. See :mod:`trustlab.checkpoint` for the whole format.
+version, its own sha256, the files it lists and its arch, then checks every listed file's size (when the
+manifest records sizes, as it has since they were added) before reading it, and its sha256, before anything is
+parsed. See :mod:`trustlab.checkpoint` for the whole format.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from trustlab.checkpoint.signing import check_signature, resolve_key
 from trustlab.errors import CheckpointError
 from trustlab.models import MODELS, model_names
 
@@ -37,6 +39,8 @@ MAX_IN_DIM = 4096
 MAX_INPUT_SIZE = 3 * 1024 * 1024
 """The most values one input (``C * H * W``) may have: a 3 x 1024 x 1024 image."""
 MAX_NUM_CLASSES = 100_000
+_READ_BLOCK = 1 << 20  # verify_checkpoint hashes files in blocks of 1 MiB
+_MANIFEST_LIMIT = 16 << 20  # a manifest is a few kB; a larger one is refused before it is parsed
 
 
 def canonical_sha256(obj: Any) -> str:
@@ -52,42 +56,77 @@ def canonical_sha256(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def verify_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
+def verify_checkpoint(directory: str | os.PathLike[str], *, key: str | bytes | None = None) -> dict[str, Any]:
     """Check a checkpoint's manifest and every file's checksum without parsing weights or state.
 
     Args:
         directory: the checkpoint directory.
+        key: a signing key (else ``$TRUSTLAB_SIGNING_KEY`` if set): the manifest must carry a signature made
+            with it (:mod:`trustlab.checkpoint.signing`).
 
     Returns:
         The verified manifest.
 
     Raises:
-        CheckpointError: as :func:`load_checkpoint` for a missing, incomplete, newer-format or altered checkpoint.
+        CheckpointError: as :func:`load_checkpoint` for a missing, incomplete, newer-format, altered or (with a
+            key) unsigned or wrongly signed checkpoint.
     """
-    manifest, _ = _verify(Path(directory), None)
+    manifest, _ = _verify(Path(directory), None, keep=False, key=key)
     return manifest
 
 
-def _verify(directory: Path, expected_arch: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Read the manifest and all listed files; return the manifest and the exact bytes that were hashed."""
+def _verify(
+    directory: Path, expected_arch: Mapping[str, Any] | None, *, keep: bool = True, key: str | bytes | None = None
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Read the manifest, check its signature (with a key), then every listed file's size and sha256; return the
+    manifest and, when ``keep``, the exact bytes that were hashed (otherwise files are hashed in blocks)."""
+    secret = resolve_key(key)
     manifest = _read_manifest(directory)
+    if secret is not None:  # the signed manifest lists every file's sha256, so the files are covered too
+        check_signature(manifest, secret, directory / MANIFEST_FILE, _SELF_HASH_KEY)
     if expected_arch is not None:
         _check_expected_arch(manifest["arch"], expected_arch, directory)
     missing = [name for name in manifest["files"] if not (directory / name).is_file()]
     if missing:
         raise CheckpointError(f"incomplete checkpoint at {directory}: missing {', '.join(missing)}")
+    sizes = manifest.get("sizes", {})  # absent in manifests written before sizes were recorded
     blobs = {}
     for name, digest in manifest["files"].items():
-        path = directory / name
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}") from exc
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise CheckpointError(f"checksum mismatch for {path}: the file was modified or is corrupt")
-        blobs[name] = data
+        data = _read_listed(directory / name, digest, sizes.get(name), keep=keep)
+        if data is not None:
+            blobs[name] = data
     _warn_if_other_torch(manifest, directory)
     return manifest, blobs
+
+
+def _read_listed(path: Path, digest: str, size: int | None, *, keep: bool) -> bytes | None:
+    """Check ``path`` against the manifest's ``size`` (before reading anything) and ``digest``.
+
+    Returns the bytes read when ``keep`` (one read, at most ``size + 1`` bytes, so a file that grew is caught
+    without reading all of it), else ``None`` after hashing in blocks of :data:`_READ_BLOCK` bytes.
+    """
+    try:
+        with open(path, "rb") as f:
+            actual = os.fstat(f.fileno()).st_size
+            if size is not None and actual != size:
+                raise CheckpointError(f"size mismatch for {path}: {actual} bytes, the manifest lists {size}: the "
+                                      "file was modified or is corrupt")
+            limit = -1 if size is None else size + 1
+            if keep:
+                data = f.read(limit)
+                sha = hashlib.sha256(data)
+            else:
+                data, sha, read = None, hashlib.sha256(), 0
+                while block := f.read(_READ_BLOCK):
+                    sha.update(block)
+                    read += len(block)
+                    if size is not None and read > size:
+                        break
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if sha.hexdigest() != digest:
+        raise CheckpointError(f"checksum mismatch for {path}: the file was modified or is corrupt")
+    return data
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -98,8 +137,13 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no valid checkpoint found at {directory}: {MANIFEST_FILE} is missing")
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open(path, "rb") as f:  # read(n) allocates n bytes: ask for no more than the file holds
+            text = f.read(min(os.fstat(f.fileno()).st_size, _MANIFEST_LIMIT) + 1)
+        if len(text) > _MANIFEST_LIMIT:
+            raise CheckpointError(f"no valid checkpoint found at {directory}: {path} is larger than "
+                                  f"{_MANIFEST_LIMIT} bytes")
+        manifest = json.loads(text.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"no valid checkpoint found at {directory}: {path} is corrupt ({exc})") from exc
     if not isinstance(manifest, dict):
         raise CheckpointError(f"no valid checkpoint found at {directory}: {path} is not a JSON object")
@@ -120,6 +164,10 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     unknown = [name for name in files if name not in _KNOWN_FILES]
     if unknown or not all(_is_sha256(d) for d in files.values()):
         raise CheckpointError(f"{path} lists unknown files {unknown} or malformed checksums")
+    sizes = manifest.get("sizes", files)  # absent in manifests written before sizes were recorded
+    if "sizes" in manifest and not (isinstance(sizes, dict) and sizes.keys() == files.keys()
+            and all(type(n) is int and n >= 0 for n in sizes.values())):
+        raise CheckpointError(f"{path} has malformed sizes {sizes!r:.200}")
     _check_manifest_fields(manifest, path)
     problem = arch_problem(manifest.get("arch"))
     if problem:

@@ -39,6 +39,7 @@ def commit_checkpoint(
     config: Mapping[str, Any],
     state: Mapping[str, Any] | None = None,
     keep_last: int | None = 2,
+    key: str | bytes | None = None,
 ) -> Path:
     """Crash-safely add checkpoint ``name`` to a run folder and make it the latest.
 
@@ -51,7 +52,7 @@ def commit_checkpoint(
         run_dir: the run folder; ``checkpoints/`` is created inside it.
         name: the checkpoint's directory name, e.g. ``"step_000123"`` (letters, digits, ``_ . -``; not
             starting with ``.``, not ending in ``.tmp``).
-        model, arch, dataset, config, state: as in :func:`save_checkpoint`.
+        model, arch, dataset, config, state, key: as in :func:`save_checkpoint`.
         keep_last: how many checkpoints to keep (newest by creation time; the latest is always kept), or
             ``None`` to keep all.
 
@@ -83,7 +84,7 @@ def commit_checkpoint(
         _discard(root, name)
     tmp = root / f".{name}.tmp"
     try:
-        save_checkpoint(tmp, model, arch=arch, dataset=dataset, config=config, state=state)
+        save_checkpoint(tmp, model, arch=arch, dataset=dataset, config=config, state=state, key=key)
         os.rename(tmp, final)
         fsync_dir(root)
     except BaseException:

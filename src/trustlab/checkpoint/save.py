@@ -33,6 +33,7 @@ from trustlab.checkpoint.manifest import (
     arch_problem,
     canonical_sha256,
 )
+from trustlab.checkpoint.signing import SIGNATURE_KEY, resolve_key, signature
 from trustlab.models import MODELS, build_model, model_names
 
 _LIST_LIMIT = 20
@@ -46,6 +47,7 @@ def save_checkpoint(
     dataset: str,
     config: Mapping[str, Any],
     state: Mapping[str, Any] | None = None,
+    key: str | bytes | None = None,
 ) -> Path:
     """Write ``model`` (and optionally training ``state``) as a verifiable checkpoint directory.
 
@@ -63,16 +65,20 @@ def save_checkpoint(
         config: the JSON-serialisable run configuration; its canonical hash goes into the manifest.
         state: optional dict of optimizer/scheduler state dicts, RNG states (as tensors or ints), counters.
             Only tensors, int/float/bool/str/None and list/tuple/dict of those are accepted.
+        key: a signing key (else ``$TRUSTLAB_SIGNING_KEY`` if set): the manifest is signed with HMAC-SHA256,
+            so a load given the same key can tell it came from the key's owner (:mod:`trustlab.checkpoint.signing`).
 
     Returns:
         ``directory`` as a :class:`~pathlib.Path`.
 
     Raises:
-        TypeError: if ``arch``, ``dataset``, ``config`` or ``state`` holds a value of the wrong type (for
-            ``state`` the message names the key).
-        ValueError: if ``arch`` is unknown or does not match ``model``, or the weights hold NaN/Inf.
+        TypeError: if ``arch``, ``dataset``, ``config``, ``state`` or ``key`` holds a value of the wrong type
+            (for ``state`` the message names the key).
+        ValueError: if ``arch`` is unknown or does not match ``model``, the weights hold NaN/Inf, or ``key`` is
+            empty.
         OSError: if writing fails (the message names the file).
     """
+    secret = resolve_key(key)
     arch = _check_arch(arch)
     if not isinstance(dataset, str) or not dataset:
         raise TypeError(f"dataset must be a non-empty str, got {dataset!r}")
@@ -115,7 +121,10 @@ def save_checkpoint(
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(),
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()},
+        "sizes": {name: len(data) for name, data in blobs.items()},  # checked before a file is read
     }
+    if secret is not None:
+        manifest[SIGNATURE_KEY] = signature(manifest, secret, _SELF_HASH_KEY)
     manifest[_SELF_HASH_KEY] = canonical_sha256(manifest)
     atomic_write_json(directory / MANIFEST_FILE, manifest)
     return directory

@@ -1,4 +1,5 @@
-"""Find a dataset's files in the data roots, or download them into the first root."""
+"""Find a dataset's files in the data roots, or download them into the first root (which gets a dataset folder
+only when a download writes into it, and keeps none when the download fails)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from trustlab.data.download import download_file
+from trustlab.data.download import download_files
 from trustlab.data.roots import DATA_ENV
 from trustlab.data.sources import MD5, MIRRORS
 from trustlab.errors import DataError
@@ -57,9 +58,9 @@ def ensure_files(dataset: str, subdir: str, files: Sequence[str], roots: Sequenc
     message = missing_message(f"{dataset} file(s)", missing, target, [r / subdir for r in roots])
     if not download:
         raise DataError(message + " (download=False)")
-    try:
-        for name in missing:
-            download_file([base + name for base in MIRRORS[dataset]], target / name, MD5[dataset][name])
+    try:  # all or none: a failure leaves no folder or file behind in the root
+        download_files([(name, [base + name for base in MIRRORS[dataset]], MD5[dataset][name]) for name in missing],
+                       target)
     except (DataError, OSError) as err:
         raise DataError(f"{message}. Download failed: {err}") from err
     return target
