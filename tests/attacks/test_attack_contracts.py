@@ -344,7 +344,7 @@ def test_lib01_build_attack_rejects_unknown_names_and_params():
         ({"restarts": 0}, ValueError, "restarts"),
         ({"restarts": 1.5}, TypeError, "restarts"),
         ({"random_start": "yes"}, TypeError, "random_start"),
-        ({"loss": "hinge"}, ValueError, r"loss must be one of \['ce', 'margin'\]"),
+        ({"loss": "hinge"}, ValueError, r"loss must be one of \['ce', 'dlr', 'dlr-targeted', 'margin'\]"),
     ],
 )
 def test_inp01_pgd_config_validation(params, error, match):

@@ -50,7 +50,7 @@ def test_inp01_threat_rejects_bad_eps_and_norm(kwargs, error, match):
         ({"restarts": 0}, ValueError, "restarts must be >= 1, got 0"),
         ({"restarts": 2.0}, TypeError, "restarts"),
         ({"random_start": "no"}, TypeError, "random_start must be a bool"),
-        ({"loss": "dlr"}, ValueError, r"loss must be one of \['ce', 'margin'\], got 'dlr'"),
+        ({"loss": "dl"}, ValueError, r"loss must be one of \['ce', 'dlr', 'dlr-targeted', 'margin'\], got 'dl'"),
     ],
 )
 def test_inp01_pgd_rejects_bad_parameters(kwargs, error, match, small_model, test_batch):
@@ -226,7 +226,7 @@ def test_validation_happens_before_any_forward(test_batch):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
     model.register_forward_pre_hook(lambda m, a: calls.append(1))
     for bad, match in (({"steps": -1}, "steps must be >= 0, got -1"), ({"restarts": 0}, "restarts must be >= 1, got 0"),
-                       ({"loss": "x"}, r"loss must be one of \['ce', 'margin'\], got 'x'")):
+                       ({"loss": "x"}, r"loss must be one of \['ce', 'dlr', 'dlr-targeted', 'margin'\], got 'x'")):
         with pytest.raises(ValueError, match=match):
             pgd(model, x, y, LpBall(0.1), **bad)
     with pytest.raises(ValueError, match="y_target equals the true label y for example 0"):

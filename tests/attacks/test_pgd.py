@@ -258,6 +258,6 @@ def test_losses_by_hand():
     assert torch.allclose(cross_entropy(z, y), torch.logsumexp(z, 1) - z[[0, 1], y])
     assert objective(z, y, y_target=t, loss="margin").tolist() == [1.0 - 2.0, 0.0 - 3.0]  # z_t - max_{j != t} z_j
     assert torch.equal(objective(z, y, y_target=t, loss="ce"), -cross_entropy(z, t))
-    assert set(LOSSES) == {"ce", "margin"} and get_loss("margin") is margin
-    with pytest.raises(ValueError, match=r"loss must be one of \['ce', 'margin'\], got 'dlr'"):
-        get_loss("dlr")
+    assert set(LOSSES) == {"ce", "margin", "dlr", "dlr-targeted"} and get_loss("margin") is margin
+    with pytest.raises(ValueError, match=r"loss must be one of \['ce', 'dlr', 'dlr-targeted', 'margin'\], got 'dl'"):
+        get_loss("dl")

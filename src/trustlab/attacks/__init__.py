@@ -14,7 +14,17 @@ from trustlab.attacks.evaluate import attack_batched, clean_accuracy, predict, p
 from trustlab.attacks.fgsm import FGSM, fgsm
 from trustlab.attacks.fgsm_rs import FGSMRS, fgsm_rs
 from trustlab.attacks.linear import Linear, linear_attack
-from trustlab.attacks.losses import LOSSES, cross_entropy, get_loss, is_adversarial, margin, objective
+from trustlab.attacks.losses import (
+    LOSSES,
+    TARGETED_LOSSES,
+    cross_entropy,
+    dlr,
+    dlr_targeted,
+    get_loss,
+    is_adversarial,
+    margin,
+    objective,
+)
 from trustlab.attacks.pgd import PGD, default_step_size, pgd
 from trustlab.attacks.registry import ATTACKS, Attack, build_attack
 
@@ -32,7 +42,10 @@ __all__ = [
     "build_attack",
     "cross_entropy",
     "margin",
+    "dlr",
+    "dlr_targeted",
     "LOSSES",
+    "TARGETED_LOSSES",
     "get_loss",
     "objective",
     "is_adversarial",
