@@ -18,7 +18,18 @@ import torch
 from torch import nn
 
 from trustlab import LpBall
-from trustlab.attacks import ATTACKS, FGSM, FGSMRS, PGD, Linear, attack_batched, build_attack, predict
+from trustlab.attacks import (
+    APGD,
+    APGDT,
+    ATTACKS,
+    FGSM,
+    FGSMRS,
+    PGD,
+    Linear,
+    attack_batched,
+    build_attack,
+    predict,
+)
 from trustlab.errors import NumericalError
 
 TOL_LINF = 1e-6
@@ -52,6 +63,14 @@ REGISTRY = {
     "pgd-linf-targeted": Entry(lambda t: PGD(t, steps=5, restarts=2), math.inf, "mlp", targeted=True, random=True),
     "pgd-linf-margin": Entry(lambda t: PGD(t, steps=5, loss="margin"), math.inf, "mlp", random=True),
     "pgd-l2-margin-targeted": Entry(lambda t: PGD(t, steps=5, loss="margin"), 2.0, "mlp", targeted=True, random=True),
+    "apgd-linf": Entry(lambda t: APGD(t, steps=5), math.inf, "mlp", random=True),
+    "apgd-l2": Entry(lambda t: APGD(t, steps=5), 2.0, "mlp", random=True),
+    "apgd-linf-dlr-restarts": Entry(lambda t: APGD(t, steps=5, loss="dlr", restarts=2), math.inf, "mlp", random=True),
+    "apgd-l2-dlr-targeted": Entry(lambda t: APGD(t, steps=5, loss="dlr-targeted"), 2.0, "mlp", targeted=True,
+                                  random=True),
+    "apgd-linf-ce-targeted": Entry(lambda t: APGD(t, steps=5), math.inf, "mlp", targeted=True, random=True),
+    "apgd-t-linf": Entry(lambda t: APGDT(t, steps=5, n_target_classes=3), math.inf, "mlp", random=True),
+    "apgd-t-l2": Entry(lambda t: APGDT(t, steps=5, n_target_classes=2, restarts=2), 2.0, "mlp", random=True),
     "linear-linf": Entry(lambda t: Linear(t), math.inf, "linear"),
     "linear-l2": Entry(lambda t: Linear(t), 2.0, "linear"),
 }
@@ -323,7 +342,8 @@ def test_lib01_build_attack_and_to_dict():
 
 
 def test_lib01_build_attack_rejects_unknown_names_and_params():
-    with pytest.raises(ValueError, match=r"unknown attack 'cw'.*\['fgsm', 'fgsm-rs', 'linear', 'pgd'\]"):
+    names = r"\['apgd', 'apgd-t', 'fgsm', 'fgsm-rs', 'linear', 'pgd'\]"
+    with pytest.raises(ValueError, match=rf"unknown attack 'cw'.*{names}"):
         build_attack("cw", LpBall(0.1))
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['nb_iter'\].*valid: \['steps'"):
         build_attack("pgd", LpBall(0.1), nb_iter=10)

@@ -1,14 +1,15 @@
 """Adversarial attacks: functions (the algorithms) and frozen dataclasses (their configurations).
 
-``fgsm`` and ``pgd`` work on any differentiable classifier; ``linear_attack`` is the closed-form worst case of a
-linear one. Every attack takes ``(model, x, y, threat)`` with an :class:`trustlab.LpBall` threat, returns
-``x_adv`` of the shape, dtype and device of ``x``, never mutates its inputs or the model, and takes its
-randomness from a ``generator``. ``attack_batched`` runs a configured attack over many examples and clips the
-result into the threat model itself.
+``fgsm``, ``pgd``, ``apgd`` and ``apgd_targeted`` work on any differentiable classifier; ``linear_attack`` is
+the closed-form worst case of a linear one. Every attack takes ``(model, x, y, threat)`` with an
+:class:`trustlab.LpBall` threat, returns ``x_adv`` of the shape, dtype and device of ``x``, never mutates its
+inputs or the model, and takes its randomness from a ``generator``. ``attack_batched`` runs a configured attack
+over many examples and clips the result into the threat model itself.
 """
 
 from __future__ import annotations
 
+from trustlab.attacks.apgd import APGD, APGDT, apgd, apgd_targeted, checkpoints
 from trustlab.attacks.base import eval_mode
 from trustlab.attacks.evaluate import attack_batched, clean_accuracy, predict, predict_proba
 from trustlab.attacks.fgsm import FGSM, fgsm
@@ -33,9 +34,14 @@ __all__ = [
     "fgsm_rs",
     "FGSMRS",
     "pgd",
+    "apgd",
+    "apgd_targeted",
+    "checkpoints",
     "linear_attack",
     "FGSM",
     "PGD",
+    "APGD",
+    "APGDT",
     "Linear",
     "ATTACKS",
     "Attack",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, Union
 
+from trustlab.attacks.apgd import APGD, APGDT
 from trustlab.attacks.fgsm import FGSM
 from trustlab.attacks.fgsm_rs import FGSMRS
 from trustlab.attacks.linear import Linear
@@ -13,9 +14,11 @@ from trustlab.threat import LpBall
 
 __all__ = ["ATTACKS", "Attack", "build_attack"]
 
-Attack = Union[FGSM, FGSMRS, PGD, Linear]
+Attack = Union[FGSM, FGSMRS, PGD, Linear, APGD, APGDT]
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear}
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear, "apgd": APGD, "apgd-t": APGDT
+}
 
 
 def build_attack(name: str, threat: LpBall, **params: Any) -> Attack:
