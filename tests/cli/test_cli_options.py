@@ -57,6 +57,24 @@ def test_a_flag_the_attack_does_not_take_is_an_error(tmp_path):
     assert json.loads((folder / "config.json").read_text())["attack"]["step_size"] == 0.05
 
 
+def test_apgd_and_apgd_t_end_to_end(tmp_path):
+    run = tmp_path / "r"
+    assert main(["--quiet", "train", *TINY, "--out", str(run)]) == 0
+    assert main(["--quiet", "attack", str(run), "--attack", "apgd", "--eps", "0.1", "--steps", "20"]) == 0
+    (folder,) = (run / "attacks").iterdir()
+    record = json.loads((folder / "config.json").read_text())["attack"]
+    assert record["attack"] == "apgd" and record["steps"] == 20 and record["rho"] == 0.75
+    assert record["checkpoints"] == [0, 5, 9, 12, 14, 16, 18, 19, 20]  # ceil of 20 * (0, .22, .41, ..., .93, .99)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["robust_acc"] <= summary["clean_acc"]
+    r = _run("--quiet", "attack", str(run), "--attack", "apgd", "--eps", "0.1", "--step-size", "0.05")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("trustlab attack: error: attack 'apgd' does not take --step-size; "
+                                "it takes ['--steps', '--restarts', '--loss']")
+    assert main(["--quiet", "attack", str(run), "--attack", "apgd-t", "--eps", "0.1", "--steps", "5", "--p", "2"]) == 0
+    assert len(list((run / "attacks").iterdir())) == 2
+
+
 def test_no_keep_best_turns_off_a_recipe_setting(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[train]\ndataset = "digits"\nmodel = "mlp"\ndefense = "fgsm-rs"\neps = 0.1\nepochs = 1\n'

@@ -25,10 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="the attack (default pgd)")
     p.add_argument("--eps", type=float, required=True, help="the threat's budget")
     p.add_argument("--p", default="inf", choices=["inf", "2"], help="the threat's norm (default inf)")
-    p.add_argument("--steps", type=int, help="iterations of an iterative attack (pgd: default 10)")
+    p.add_argument("--steps", type=int, help="iterations of an iterative attack (pgd: default 10; apgd, apgd-t: 100)")
     p.add_argument("--step-size", type=float, help="step size (pgd: default 2.5 * eps / steps; fgsm-rs: 1.25 * eps)")
-    p.add_argument("--restarts", type=int, help="restarts; each re-attacks only points still robust (pgd)")
-    p.add_argument("--loss", choices=sorted(LOSSES), help="the loss the attack ascends (default ce)")
+    p.add_argument("--restarts", type=int,
+                   help="restarts; each re-attacks only points still robust (pgd, apgd, apgd-t: per target class)")
+    p.add_argument("--loss", choices=sorted(LOSSES),
+                   help="the loss the attack ascends (default ce; apgd-t: dlr-targeted, which only it can use)")
     p.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
                    help="start from a random point of the ball (pgd; default on)")
     p.add_argument("--subset", type=int, help="attack only the first N test examples of the seeded split")
