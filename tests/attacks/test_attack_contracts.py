@@ -26,6 +26,7 @@ from trustlab.attacks import (
     FGSMRS,
     PGD,
     Linear,
+    Square,
     attack_batched,
     build_attack,
     predict,
@@ -71,6 +72,9 @@ REGISTRY = {
     "apgd-linf-ce-targeted": Entry(lambda t: APGD(t, steps=5), math.inf, "mlp", targeted=True, random=True),
     "apgd-t-linf": Entry(lambda t: APGDT(t, steps=5, n_target_classes=3), math.inf, "mlp", random=True),
     "apgd-t-l2": Entry(lambda t: APGDT(t, steps=5, n_target_classes=2, restarts=2), 2.0, "mlp", random=True),
+    "square-linf": Entry(lambda t: Square(t, queries=40), math.inf, "mlp", random=True),
+    "square-linf-ce-targeted": Entry(lambda t: Square(t, queries=40, loss="ce"), math.inf, "mlp", targeted=True,
+                                     random=True),
     "linear-linf": Entry(lambda t: Linear(t), math.inf, "linear"),
     "linear-l2": Entry(lambda t: Linear(t), 2.0, "linear"),
 }
@@ -342,7 +346,7 @@ def test_lib01_build_attack_and_to_dict():
 
 
 def test_lib01_build_attack_rejects_unknown_names_and_params():
-    names = r"\['apgd', 'apgd-t', 'fgsm', 'fgsm-rs', 'linear', 'pgd'\]"
+    names = r"\['apgd', 'apgd-t', 'fgsm', 'fgsm-rs', 'linear', 'pgd', 'square'\]"
     with pytest.raises(ValueError, match=rf"unknown attack 'cw'.*{names}"):
         build_attack("cw", LpBall(0.1))
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['nb_iter'\].*valid: \['steps'"):

@@ -1,7 +1,8 @@
 """Adversarial attacks: functions (the algorithms) and frozen dataclasses (their configurations).
 
-``fgsm``, ``pgd``, ``apgd`` and ``apgd_targeted`` work on any differentiable classifier; ``linear_attack`` is
-the closed-form worst case of a linear one. Every attack takes ``(model, x, y, threat)`` with an
+``fgsm``, ``pgd``, ``apgd`` and ``apgd_targeted`` work on any differentiable classifier; ``square`` needs only
+the model's outputs (no gradients, a budget of queries); ``linear_attack`` is the closed-form worst case of a
+linear one. Every attack takes ``(model, x, y, threat)`` with an
 :class:`trustlab.LpBall` threat, returns ``x_adv`` of the shape, dtype and device of ``x``, never mutates its
 inputs or the model, and takes its randomness from a ``generator``. ``attack_batched`` runs a configured attack
 over many examples and clips the result into the threat model itself.
@@ -28,6 +29,7 @@ from trustlab.attacks.losses import (
 )
 from trustlab.attacks.pgd import PGD, default_step_size, pgd
 from trustlab.attacks.registry import ATTACKS, Attack, build_attack
+from trustlab.attacks.square import Square, SquareResult, p_schedule, side_length, square, square_with_queries
 
 __all__ = [
     "fgsm",
@@ -37,11 +39,17 @@ __all__ = [
     "apgd",
     "apgd_targeted",
     "checkpoints",
+    "square",
+    "square_with_queries",
+    "SquareResult",
+    "p_schedule",
+    "side_length",
     "linear_attack",
     "FGSM",
     "PGD",
     "APGD",
     "APGDT",
+    "Square",
     "Linear",
     "ATTACKS",
     "Attack",

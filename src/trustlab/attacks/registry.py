@@ -10,14 +10,15 @@ from trustlab.attacks.fgsm import FGSM
 from trustlab.attacks.fgsm_rs import FGSMRS
 from trustlab.attacks.linear import Linear
 from trustlab.attacks.pgd import PGD
+from trustlab.attacks.square import Square
 from trustlab.threat import LpBall
 
 __all__ = ["ATTACKS", "Attack", "build_attack"]
 
-Attack = Union[FGSM, FGSMRS, PGD, Linear, APGD, APGDT]
+Attack = Union[FGSM, FGSMRS, PGD, Linear, APGD, APGDT, Square]
 
 ATTACKS: dict[str, type[Attack]] = {
-    "fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear, "apgd": APGD, "apgd-t": APGDT
+    "fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear, "apgd": APGD, "apgd-t": APGDT, "square": Square
 }
 
 
