@@ -42,7 +42,7 @@ def test_enumerated_flags_list_their_choices_in_help():
     for choices in ("{none,fgsm,fgsm-rs,pgd,trades}", "{auto,cpu,cuda}", "{sgd,momentum,adam,adamw}", "{inf,2}"):
         assert choices in help_text.replace("\n", "").replace(" ", ""), choices
     attack_help = build_parser()._subparsers._group_actions[0].choices["attack"].format_help()
-    assert "{apgd,apgd-t,fgsm,fgsm-rs,linear,pgd}" in attack_help
+    assert "{apgd,apgd-t,fgsm,fgsm-rs,linear,pgd,square}" in attack_help
 
 
 def test_a_flag_the_attack_does_not_take_is_an_error(tmp_path):
@@ -73,6 +73,25 @@ def test_apgd_and_apgd_t_end_to_end(tmp_path):
                                 "it takes ['--steps', '--restarts', '--loss']")
     assert main(["--quiet", "attack", str(run), "--attack", "apgd-t", "--eps", "0.1", "--steps", "5", "--p", "2"]) == 0
     assert len(list((run / "attacks").iterdir())) == 2
+
+
+def test_square_end_to_end_with_queries(tmp_path):
+    run = tmp_path / "r"
+    assert main(["--quiet", "train", *TINY, "--out", str(run)]) == 0
+    assert main(["--quiet", "attack", str(run), "--attack", "square", "--eps", "0.1", "--queries", "50"]) == 0
+    (folder,) = (run / "attacks").iterdir()
+    record = json.loads((folder / "config.json").read_text())["attack"]
+    assert record["attack"] == "square" and record["queries"] == 50 and record["loss"] == "margin"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["robust_acc"] <= summary["clean_acc"]
+    r = _run("--quiet", "attack", str(run), "--attack", "square", "--eps", "0.1", "--steps", "5")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("trustlab attack: error: attack 'square' does not take --steps; "
+                                "it takes ['--loss', '--queries']")
+    r = _run("--quiet", "attack", str(run), "--attack", "pgd", "--eps", "0.1", "--queries", "100")
+    assert r.returncode == 2
+    assert "attack 'pgd' does not take --queries" in r.stderr
+    assert len(list((run / "attacks").iterdir())) == 1
 
 
 def test_no_keep_best_turns_off_a_recipe_setting(tmp_path):

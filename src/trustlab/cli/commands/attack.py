@@ -14,7 +14,7 @@ HELP = "attack a trained run's model on its test split"
 
 # flag dest -> attack config field; a flag given for an attack without that field is an error
 _ATTACK_FLAGS = {"steps": "--steps", "step_size": "--step-size", "restarts": "--restarts", "loss": "--loss",
-                 "random_start": "--random-start/--no-random-start"}
+                 "random_start": "--random-start/--no-random-start", "queries": "--queries"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,9 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restarts", type=int,
                    help="restarts; each re-attacks only points still robust (pgd, apgd, apgd-t: per target class)")
     p.add_argument("--loss", choices=sorted(LOSSES),
-                   help="the loss the attack ascends (default ce; apgd-t: dlr-targeted, which only it can use)")
+                   help="the loss the attack ascends (default ce; square: margin; apgd-t: dlr-targeted, which only it "
+                        "can use)")
     p.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
                    help="start from a random point of the ball (pgd; default on)")
+    p.add_argument("--queries", type=int,
+                   help="forward passes per example of a query-based attack, the clean one included (square: 5000)")
     p.add_argument("--subset", type=int, help="attack only the first N test examples of the seeded split")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
