@@ -22,6 +22,8 @@ from trustlab.attacks import (
     APGD,
     APGDT,
     ATTACKS,
+    FAB,
+    FABT,
     FGSM,
     FGSMRS,
     PGD,
@@ -71,6 +73,13 @@ REGISTRY = {
     "apgd-linf-ce-targeted": Entry(lambda t: APGD(t, steps=5), math.inf, "mlp", targeted=True, random=True),
     "apgd-t-linf": Entry(lambda t: APGDT(t, steps=5, n_target_classes=3), math.inf, "mlp", random=True),
     "apgd-t-l2": Entry(lambda t: APGDT(t, steps=5, n_target_classes=2, restarts=2), 2.0, "mlp", random=True),
+    "fab-linf": Entry(lambda t: FAB(t, steps=5), math.inf, "mlp"),
+    "fab-l2": Entry(lambda t: FAB(t, steps=5), 2.0, "mlp"),
+    "fab-linf-targeted": Entry(lambda t: FAB(t, steps=5), math.inf, "mlp", targeted=True),
+    "fab-l2-restarts": Entry(lambda t: FAB(t, steps=5, restarts=3), 2.0, "mlp", random=True),
+    "fab-t-l2": Entry(lambda t: FABT(t, steps=5, n_target_classes=3), 2.0, "mlp"),
+    # its random restarts find no point inside eps that the run from x missed (measured), so seeds agree
+    "fab-t-linf-restarts": Entry(lambda t: FABT(t, steps=3, n_target_classes=2, restarts=2), math.inf, "mlp"),
     "linear-linf": Entry(lambda t: Linear(t), math.inf, "linear"),
     "linear-l2": Entry(lambda t: Linear(t), 2.0, "linear"),
 }
@@ -342,7 +351,7 @@ def test_lib01_build_attack_and_to_dict():
 
 
 def test_lib01_build_attack_rejects_unknown_names_and_params():
-    names = r"\['apgd', 'apgd-t', 'fgsm', 'fgsm-rs', 'linear', 'pgd'\]"
+    names = r"\['apgd', 'apgd-t', 'fab', 'fab-t', 'fgsm', 'fgsm-rs', 'linear', 'pgd'\]"
     with pytest.raises(ValueError, match=rf"unknown attack 'cw'.*{names}"):
         build_attack("cw", LpBall(0.1))
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['nb_iter'\].*valid: \['steps'"):

@@ -42,7 +42,7 @@ def test_enumerated_flags_list_their_choices_in_help():
     for choices in ("{none,fgsm,fgsm-rs,pgd,trades}", "{auto,cpu,cuda}", "{sgd,momentum,adam,adamw}", "{inf,2}"):
         assert choices in help_text.replace("\n", "").replace(" ", ""), choices
     attack_help = build_parser()._subparsers._group_actions[0].choices["attack"].format_help()
-    assert "{apgd,apgd-t,fgsm,fgsm-rs,linear,pgd}" in attack_help
+    assert "{apgd,apgd-t,fab,fab-t,fgsm,fgsm-rs,linear,pgd}" in attack_help
 
 
 def test_a_flag_the_attack_does_not_take_is_an_error(tmp_path):

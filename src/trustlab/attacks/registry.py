@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any, Union
 
 from trustlab.attacks.apgd import APGD, APGDT
+from trustlab.attacks.fab import FAB, FABT
 from trustlab.attacks.fgsm import FGSM
 from trustlab.attacks.fgsm_rs import FGSMRS
 from trustlab.attacks.linear import Linear
@@ -14,10 +15,11 @@ from trustlab.threat import LpBall
 
 __all__ = ["ATTACKS", "Attack", "build_attack"]
 
-Attack = Union[FGSM, FGSMRS, PGD, Linear, APGD, APGDT]
+Attack = Union[FGSM, FGSMRS, PGD, Linear, APGD, APGDT, FAB, FABT]
 
 ATTACKS: dict[str, type[Attack]] = {
-    "fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear, "apgd": APGD, "apgd-t": APGDT
+    "fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear, "apgd": APGD, "apgd-t": APGDT, "fab": FAB,
+    "fab-t": FABT,
 }
 
 
