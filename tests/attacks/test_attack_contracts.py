@@ -22,6 +22,8 @@ from trustlab.attacks import (
     APGD,
     APGDT,
     ATTACKS,
+    FAB,
+    FABT,
     FGSM,
     FGSMRS,
     PGD,
@@ -75,6 +77,13 @@ REGISTRY = {
     "square-linf": Entry(lambda t: Square(t, queries=40), math.inf, "mlp", random=True),
     "square-linf-ce-targeted": Entry(lambda t: Square(t, queries=40, loss="ce"), math.inf, "mlp", targeted=True,
                                      random=True),
+    "fab-linf": Entry(lambda t: FAB(t, steps=5), math.inf, "mlp"),
+    "fab-l2": Entry(lambda t: FAB(t, steps=5), 2.0, "mlp"),
+    "fab-linf-targeted": Entry(lambda t: FAB(t, steps=5), math.inf, "mlp", targeted=True),
+    "fab-l2-restarts": Entry(lambda t: FAB(t, steps=5, restarts=3), 2.0, "mlp", random=True),
+    "fab-t-l2": Entry(lambda t: FABT(t, steps=5, n_target_classes=3), 2.0, "mlp"),
+    # its random restarts find no point inside eps that the run from x missed (measured), so seeds agree
+    "fab-t-linf-restarts": Entry(lambda t: FABT(t, steps=3, n_target_classes=2, restarts=2), math.inf, "mlp"),
     "linear-linf": Entry(lambda t: Linear(t), math.inf, "linear"),
     "linear-l2": Entry(lambda t: Linear(t), 2.0, "linear"),
 }
@@ -346,7 +355,7 @@ def test_lib01_build_attack_and_to_dict():
 
 
 def test_lib01_build_attack_rejects_unknown_names_and_params():
-    names = r"\['apgd', 'apgd-t', 'fgsm', 'fgsm-rs', 'linear', 'pgd', 'square'\]"
+    names = r"\['apgd', 'apgd-t', 'fab', 'fab-t', 'fgsm', 'fgsm-rs', 'linear', 'pgd', 'square'\]"
     with pytest.raises(ValueError, match=rf"unknown attack 'cw'.*{names}"):
         build_attack("cw", LpBall(0.1))
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['nb_iter'\].*valid: \['steps'"):

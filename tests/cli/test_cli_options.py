@@ -42,7 +42,8 @@ def test_enumerated_flags_list_their_choices_in_help():
     for choices in ("{none,fgsm,fgsm-rs,pgd,trades}", "{auto,cpu,cuda}", "{sgd,momentum,adam,adamw}", "{inf,2}"):
         assert choices in help_text.replace("\n", "").replace(" ", ""), choices
     attack_help = build_parser()._subparsers._group_actions[0].choices["attack"].format_help()
-    assert "{apgd,apgd-t,fgsm,fgsm-rs,linear,pgd,square}" in attack_help
+    assert "{apgd,apgd-t,fab,fab-t,fgsm,fgsm-rs,linear,pgd,square}" in attack_help
+    assert "--n-target-classes" in attack_help
 
 
 def test_a_flag_the_attack_does_not_take_is_an_error(tmp_path):
@@ -92,6 +93,27 @@ def test_square_end_to_end_with_queries(tmp_path):
     assert r.returncode == 2
     assert "attack 'pgd' does not take --queries" in r.stderr
     assert len(list((run / "attacks").iterdir())) == 1
+
+
+def test_fab_and_fab_t_end_to_end(tmp_path):
+    run = tmp_path / "r"
+    assert main(["--quiet", "train", *TINY, "--out", str(run)]) == 0
+    assert main(["--quiet", "attack", str(run), "--attack", "fab-t", "--eps", "0.1", "--steps", "5",
+                 "--n-target-classes", "2"]) == 0
+    (folder,) = (run / "attacks").iterdir()
+    record = json.loads((folder / "config.json").read_text())["attack"]
+    assert record["attack"] == "fab-t" and record["steps"] == 5 and record["n_target_classes"] == 2
+    assert record["alpha_max"] == 0.1 and record["eta"] == 1.05 and record["beta"] == 0.9
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["robust_acc"] <= summary["clean_acc"]
+    r = _run("--quiet", "attack", str(run), "--attack", "fab", "--eps", "0.1", "--n-target-classes", "3")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("trustlab attack: error: attack 'fab' does not take --n-target-classes; "
+                                "it takes ['--steps', '--restarts']")
+    assert main(["--quiet", "attack", str(run), "--attack", "apgd-t", "--eps", "0.1", "--steps", "3",
+                 "--n-target-classes", "1"]) == 0
+    assert main(["--quiet", "attack", str(run), "--attack", "fab", "--eps", "0.5", "--p", "2", "--steps", "5"]) == 0
+    assert len(list((run / "attacks").iterdir())) == 3
 
 
 def test_no_keep_best_turns_off_a_recipe_setting(tmp_path):

@@ -1,7 +1,8 @@
 """Adversarial attacks: functions (the algorithms) and frozen dataclasses (their configurations).
 
-``fgsm``, ``pgd``, ``apgd`` and ``apgd_targeted`` work on any differentiable classifier; ``square`` needs only
-the model's outputs (no gradients, a budget of queries); ``linear_attack`` is the closed-form worst case of a
+``fgsm``, ``pgd``, ``apgd``, ``apgd_targeted``, ``fab`` and ``fab_targeted`` (minimum-norm, reported for the
+threat's ``eps``) work on any differentiable classifier; ``square`` needs only the model's outputs (no gradients,
+a budget of queries); ``linear_attack`` is the closed-form worst case of a
 linear one. Every attack takes ``(model, x, y, threat)`` with an
 :class:`trustlab.LpBall` threat, returns ``x_adv`` of the shape, dtype and device of ``x``, never mutates its
 inputs or the model, and takes its randomness from a ``generator``. ``attack_batched`` runs a configured attack
@@ -13,6 +14,7 @@ from __future__ import annotations
 from trustlab.attacks.apgd import APGD, APGDT, apgd, apgd_targeted, checkpoints
 from trustlab.attacks.base import eval_mode
 from trustlab.attacks.evaluate import attack_batched, clean_accuracy, predict, predict_proba
+from trustlab.attacks.fab import FAB, FABT, boundary_projection, fab, fab_targeted
 from trustlab.attacks.fgsm import FGSM, fgsm
 from trustlab.attacks.fgsm_rs import FGSMRS, fgsm_rs
 from trustlab.attacks.linear import Linear, linear_attack
@@ -44,12 +46,17 @@ __all__ = [
     "SquareResult",
     "p_schedule",
     "side_length",
+    "fab",
+    "fab_targeted",
+    "boundary_projection",
     "linear_attack",
     "FGSM",
     "PGD",
     "APGD",
     "APGDT",
     "Square",
+    "FAB",
+    "FABT",
     "Linear",
     "ATTACKS",
     "Attack",

@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any, Union
 
 from trustlab.attacks.apgd import APGD, APGDT
+from trustlab.attacks.fab import FAB, FABT
 from trustlab.attacks.fgsm import FGSM
 from trustlab.attacks.fgsm_rs import FGSMRS
 from trustlab.attacks.linear import Linear
@@ -15,10 +16,11 @@ from trustlab.threat import LpBall
 
 __all__ = ["ATTACKS", "Attack", "build_attack"]
 
-Attack = Union[FGSM, FGSMRS, PGD, Linear, APGD, APGDT, Square]
+Attack = Union[FGSM, FGSMRS, PGD, Linear, APGD, APGDT, Square, FAB, FABT]
 
 ATTACKS: dict[str, type[Attack]] = {
-    "fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear, "apgd": APGD, "apgd-t": APGDT, "square": Square
+    "fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear, "apgd": APGD, "apgd-t": APGDT, "square": Square,
+    "fab": FAB, "fab-t": FABT,
 }
 
 

@@ -14,7 +14,8 @@ HELP = "attack a trained run's model on its test split"
 
 # flag dest -> attack config field; a flag given for an attack without that field is an error
 _ATTACK_FLAGS = {"steps": "--steps", "step_size": "--step-size", "restarts": "--restarts", "loss": "--loss",
-                 "random_start": "--random-start/--no-random-start", "queries": "--queries"}
+                 "random_start": "--random-start/--no-random-start", "queries": "--queries",
+                 "n_target_classes": "--n-target-classes"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,10 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", default="pgd", choices=sorted(ATTACKS), help="the attack (default pgd)")
     p.add_argument("--eps", type=float, required=True, help="the threat's budget")
     p.add_argument("--p", default="inf", choices=["inf", "2"], help="the threat's norm (default inf)")
-    p.add_argument("--steps", type=int, help="iterations of an iterative attack (pgd: default 10; apgd, apgd-t: 100)")
+    p.add_argument("--steps", type=int,
+                   help="iterations of an iterative attack (pgd: default 10; apgd, apgd-t, fab, fab-t: 100)")
     p.add_argument("--step-size", type=float, help="step size (pgd: default 2.5 * eps / steps; fgsm-rs: 1.25 * eps)")
     p.add_argument("--restarts", type=int,
-                   help="restarts; each re-attacks only points still robust (pgd, apgd, apgd-t: per target class)")
+                   help="restarts; each re-attacks only points still robust "
+                        "(pgd, apgd, fab; apgd-t, fab-t: per target class)")
+    p.add_argument("--n-target-classes", type=int,
+                   help="how many of the top other classes to target in turn (apgd-t, fab-t; default 9)")
     p.add_argument("--loss", choices=sorted(LOSSES),
                    help="the loss the attack ascends (default ce; square: margin; apgd-t: dlr-targeted, which only it "
                         "can use)")
