@@ -3,7 +3,8 @@
 ``fgsm``, ``pgd``, ``apgd``, ``apgd_targeted``, ``fab`` and ``fab_targeted`` (minimum-norm, reported for the
 threat's ``eps``) work on any differentiable classifier; ``square`` needs only the model's outputs (no gradients,
 a budget of queries); ``linear_attack`` is the closed-form worst case of a
-linear one. Every attack takes ``(model, x, y, threat)`` with an
+linear one. ``EOT`` (randomized models) and ``BPDA`` (non-differentiable preprocessing) wrap the model so that
+every gradient attack sees through them. Every attack takes ``(model, x, y, threat)`` with an
 :class:`trustlab.LpBall` threat, returns ``x_adv`` of the shape, dtype and device of ``x``, never mutates its
 inputs or the model, and takes its randomness from a ``generator``. ``attack_batched`` runs a configured attack
 over many examples and clips the result into the threat model itself.
@@ -32,6 +33,7 @@ from trustlab.attacks.losses import (
 from trustlab.attacks.pgd import PGD, default_step_size, pgd
 from trustlab.attacks.registry import ATTACKS, Attack, build_attack
 from trustlab.attacks.square import Square, SquareResult, p_schedule, side_length, square, square_with_queries
+from trustlab.attacks.wrappers import BPDA, EOT, EOTAttack
 
 __all__ = [
     "fgsm",
@@ -76,4 +78,7 @@ __all__ = [
     "clean_accuracy",
     "attack_batched",
     "eval_mode",
+    "EOT",
+    "BPDA",
+    "EOTAttack",
 ]
