@@ -27,6 +27,8 @@ from trustlab.attacks import (
     FGSM,
     FGSMRS,
     PGD,
+    EOTAttack,
+    Ensemble,
     Linear,
     Square,
     attack_batched,
@@ -84,6 +86,15 @@ REGISTRY = {
     "fab-t-l2": Entry(lambda t: FABT(t, steps=5, n_target_classes=3), 2.0, "mlp"),
     # its random restarts find no point inside eps that the run from x missed (measured), so seeds agree
     "fab-t-linf-restarts": Entry(lambda t: FABT(t, steps=3, n_target_classes=2, restarts=2), math.inf, "mlp"),
+    # the ensemble with the standard composition on small budgets (the fixed versions are too slow for this suite)
+    "ensemble-linf": Entry(lambda t: Ensemble(t, version="custom", members=(
+        APGD(t, steps=5), APGDT(t, steps=3, n_target_classes=2), FABT(t, steps=3, n_target_classes=2),
+        Square(t, queries=40))), math.inf, "mlp", random=True),
+    "ensemble-l2": Entry(lambda t: Ensemble(t, version="custom", members=(APGD(t, steps=5), FAB(t, steps=5))), 2.0,
+                         "mlp", random=True),
+    "ensemble-rand-linf": Entry(lambda t: Ensemble(t, version="custom", members=(
+        EOTAttack(APGD(t, steps=3), samples=2), EOTAttack(APGD(t, steps=3, loss="dlr"), samples=2))), math.inf,
+        "mlp", random=True),
     "linear-linf": Entry(lambda t: Linear(t), math.inf, "linear"),
     "linear-l2": Entry(lambda t: Linear(t), 2.0, "linear"),
 }
@@ -355,7 +366,7 @@ def test_lib01_build_attack_and_to_dict():
 
 
 def test_lib01_build_attack_rejects_unknown_names_and_params():
-    names = r"\['apgd', 'apgd-t', 'fab', 'fab-t', 'fgsm', 'fgsm-rs', 'linear', 'pgd', 'square'\]"
+    names = r"\['apgd', 'apgd-t', 'ensemble', 'fab', 'fab-t', 'fgsm', 'fgsm-rs', 'linear', 'pgd', 'square'\]"
     with pytest.raises(ValueError, match=rf"unknown attack 'cw'.*{names}"):
         build_attack("cw", LpBall(0.1))
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['nb_iter'\].*valid: \['steps'"):

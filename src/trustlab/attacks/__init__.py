@@ -2,18 +2,20 @@
 
 ``fgsm``, ``pgd``, ``apgd``, ``apgd_targeted``, ``fab`` and ``fab_targeted`` (minimum-norm, reported for the
 threat's ``eps``) work on any differentiable classifier; ``square`` needs only the model's outputs (no gradients,
-a budget of queries); ``linear_attack`` is the closed-form worst case of a
-linear one. ``EOT`` (randomized models) and ``BPDA`` (non-differentiable preprocessing) wrap the model so that
-every gradient attack sees through them. Every attack takes ``(model, x, y, threat)`` with an
-:class:`trustlab.LpBall` threat, returns ``x_adv`` of the shape, dtype and device of ``x``, never mutates its
-inputs or the model, and takes its randomness from a ``generator``. ``attack_batched`` runs a configured attack
-over many examples and clips the result into the threat model itself.
+a budget of queries); ``linear_attack`` is the closed-form worst case of a linear one. ``EOT`` (randomized models)
+and ``BPDA`` (non-differentiable preprocessing) wrap the model so that every gradient attack sees through them.
+``ensemble`` runs attacks in sequence on the points still robust and keeps each example's first success
+(``Ensemble``: AutoAttack's fixed ``standard`` and ``rand`` versions). Every attack takes ``(model, x, y, threat)``
+with an :class:`trustlab.LpBall` threat, returns ``x_adv`` of the shape, dtype and device of ``x``, never mutates
+its inputs or the model, and takes its randomness from a ``generator``. ``attack_batched`` runs a configured
+attack over many examples and clips the result into the threat model itself.
 """
 
 from __future__ import annotations
 
 from trustlab.attacks.apgd import APGD, APGDT, apgd, apgd_targeted, checkpoints
 from trustlab.attacks.base import eval_mode
+from trustlab.attacks.ensemble import VERSIONS, Ensemble, EnsembleLog, ensemble, ensemble_with_log
 from trustlab.attacks.evaluate import attack_batched, clean_accuracy, predict, predict_proba
 from trustlab.attacks.fab import FAB, FABT, boundary_projection, fab, fab_targeted
 from trustlab.attacks.fgsm import FGSM, fgsm
@@ -81,4 +83,9 @@ __all__ = [
     "EOT",
     "BPDA",
     "EOTAttack",
+    "ensemble",
+    "ensemble_with_log",
+    "Ensemble",
+    "EnsembleLog",
+    "VERSIONS",
 ]

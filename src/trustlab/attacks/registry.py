@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any, Union
 
 from trustlab.attacks.apgd import APGD, APGDT
+from trustlab.attacks.ensemble import Ensemble
 from trustlab.attacks.fab import FAB, FABT
 from trustlab.attacks.fgsm import FGSM
 from trustlab.attacks.fgsm_rs import FGSMRS
@@ -16,11 +17,11 @@ from trustlab.threat import LpBall
 
 __all__ = ["ATTACKS", "Attack", "build_attack"]
 
-Attack = Union[FGSM, FGSMRS, PGD, Linear, APGD, APGDT, Square, FAB, FABT]
+Attack = Union[FGSM, FGSMRS, PGD, Linear, APGD, APGDT, Square, FAB, FABT, Ensemble]
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM, "fgsm-rs": FGSMRS, "pgd": PGD, "linear": Linear, "apgd": APGD, "apgd-t": APGDT, "square": Square,
-    "fab": FAB, "fab-t": FABT,
+    "fab": FAB, "fab-t": FABT, "ensemble": Ensemble,
 }
 
 
