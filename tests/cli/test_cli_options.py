@@ -42,7 +42,8 @@ def test_enumerated_flags_list_their_choices_in_help():
     for choices in ("{none,fgsm,fgsm-rs,pgd,trades}", "{auto,cpu,cuda}", "{sgd,momentum,adam,adamw}", "{inf,2}"):
         assert choices in help_text.replace("\n", "").replace(" ", ""), choices
     attack_help = build_parser()._subparsers._group_actions[0].choices["attack"].format_help()
-    assert "{apgd,apgd-t,fab,fab-t,fgsm,fgsm-rs,linear,pgd,square}" in attack_help
+    assert "{apgd,apgd-t,ensemble,fab,fab-t,fgsm,fgsm-rs,linear,pgd,square}" in attack_help
+    assert "--ensemble-version {rand,standard}" in attack_help
     assert "--n-target-classes" in attack_help
 
 
@@ -114,6 +115,34 @@ def test_fab_and_fab_t_end_to_end(tmp_path):
                  "--n-target-classes", "1"]) == 0
     assert main(["--quiet", "attack", str(run), "--attack", "fab", "--eps", "0.5", "--p", "2", "--steps", "5"]) == 0
     assert len(list((run / "attacks").iterdir())) == 3
+
+
+def test_ensemble_end_to_end_with_its_version(tmp_path):
+    run = tmp_path / "r"
+    assert main(["--quiet", "train", *TINY, "--out", str(run)]) == 0
+    assert main(["--quiet", "attack", str(run), "--attack", "ensemble", "--eps", "0.1", "--subset", "5"]) == 0
+    (folder,) = (run / "attacks").iterdir()
+    record = json.loads((folder / "config.json").read_text())["attack"]
+    assert record["attack"] == "ensemble" and record["version"] == "standard-v1"
+    assert [m["attack"] for m in record["members"]] == ["apgd", "apgd-t", "fab-t", "square"]
+    assert record["members"][3]["queries"] == 5000
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["n"] == 5 and summary["robust_acc"] <= summary["clean_acc"]
+    assert main(["--quiet", "attack", str(run), "--attack", "ensemble", "--eps", "0.5", "--p", "2",
+                 "--ensemble-version", "rand", "--subset", "3"]) == 0
+    (rand,) = (f for f in (run / "attacks").iterdir() if f != folder)
+    assert rand.name.startswith("ensemble-l2-eps0.5-versionrand-")
+    assert json.loads((rand / "config.json").read_text())["attack"]["version"] == "rand-v1"
+    r = _run("--quiet", "attack", str(run), "--attack", "ensemble", "--eps", "0.5", "--p", "2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "needs Square l_2" in r.stderr and "--ensemble-version rand" in r.stderr
+    r = _run("--quiet", "attack", str(run), "--attack", "pgd", "--eps", "0.1", "--ensemble-version", "rand")
+    assert r.returncode == 2
+    assert "attack 'pgd' does not take --ensemble-version" in r.stderr
+    r = _run("--quiet", "attack", str(run), "--attack", "ensemble", "--eps", "0.1", "--steps", "5")
+    assert r.stderr.strip() == ("trustlab attack: error: attack 'ensemble' does not take --steps; "
+                                "it takes ['--ensemble-version']")
+    assert len(list((run / "attacks").iterdir())) == 2
 
 
 def test_no_keep_best_turns_off_a_recipe_setting(tmp_path):

@@ -158,8 +158,9 @@ def version_members(version: str, threat: LpBall) -> tuple[Any, ...]:
                 EOTAttack(APGD(threat, steps=100, restarts=1, loss="dlr"), samples=20))
     if threat.p != math.inf:
         raise ValueError(f"the standard ensemble for p={threat.p:g} needs Square l_2 (Andriushchenko et al. 2020, "
-                         "Algorithm 3), which is not implemented yet; no member is dropped silently: use p = inf, "
-                         "or version='custom' with members=(...) and say which")
+                         "Algorithm 3), which is not implemented yet, and no member is dropped silently; use p = inf, "
+                         "the rand version (--ensemble-version rand), or Ensemble(threat, version='custom', "
+                         "members=...) that names its members")
     return (APGD(threat, steps=100, restarts=1, loss="ce"),
             APGDT(threat, steps=100, n_target_classes=9, restarts=1, loss="dlr-targeted"),
             FABT(threat, steps=100, n_target_classes=9, restarts=1),

@@ -15,11 +15,13 @@ HELP = "attack a trained run's model on its test split"
 # flag dest -> attack config field; a flag given for an attack without that field is an error
 _ATTACK_FLAGS = {"steps": "--steps", "step_size": "--step-size", "restarts": "--restarts", "loss": "--loss",
                  "random_start": "--random-start/--no-random-start", "queries": "--queries",
-                 "n_target_classes": "--n-target-classes"}
+                 "n_target_classes": "--n-target-classes", "ensemble_version": "--ensemble-version"}
+# flag dest -> config field where they differ (--version is the top-level parser's)
+_FIELD = {"ensemble_version": "version"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from trustlab.attacks import ATTACKS, LOSSES
+    from trustlab.attacks import ATTACKS, LOSSES, VERSIONS
     from trustlab.device import DEVICES
 
     p.add_argument("run", help="run folder written by `trustlab train`")
@@ -41,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from a random point of the ball (pgd; default on)")
     p.add_argument("--queries", type=int,
                    help="forward passes per example of a query-based attack, the clean one included (square: 5000)")
+    p.add_argument("--ensemble-version", choices=sorted(VERSIONS),
+                   help="the ensemble's fixed composition (ensemble: default standard = APGD-CE, APGD-T, FAB-T, "
+                        "Square 5000 queries, l_inf only for now; rand = APGD-CE and APGD-DLR with EOT over 20 draws, "
+                        "for randomized models)")
     p.add_argument("--subset", type=int, help="attack only the first N test examples of the seeded split")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -57,12 +63,12 @@ def attack_params(attack: str, args: argparse.Namespace) -> dict:
     from trustlab.attacks import ATTACKS
 
     takes = {f.name for f in fields(ATTACKS[attack])}
-    params = given(args, _ATTACK_FLAGS)
-    foreign = [_ATTACK_FLAGS[k] for k in params if k not in takes]
+    flags = given(args, _ATTACK_FLAGS)
+    foreign = [_ATTACK_FLAGS[k] for k in flags if _FIELD.get(k, k) not in takes]
     if foreign:
-        valid = [flag for k, flag in _ATTACK_FLAGS.items() if k in takes]
+        valid = [flag for k, flag in _ATTACK_FLAGS.items() if _FIELD.get(k, k) in takes]
         raise ValueError(f"attack {attack!r} does not take {', '.join(foreign)}; it takes {valid or 'no setting'}")
-    return params
+    return {_FIELD.get(k, k): v for k, v in flags.items()}
 
 
 def run(args: argparse.Namespace) -> int:
