@@ -25,7 +25,7 @@ from trustlab.reports.metrics import accuracy_vs_eps, attack_families, same_eps,
 from trustlab.reports.runs import AttackView, RunView, norm_label
 
 __all__ = ["Flag", "CHECKS", "SINGLE_STEP_DEFENSES", "SINGLE_STEP", "ITERATIVE", "GRADIENT_FREE", "diagnose",
-           "diagnose_run", "step_type", "blackbox_beats_whitebox", "not_converged"]
+           "diagnose_run", "step_type", "blackbox_beats_whitebox", "not_converged", "model_flags"]
 
 LABEL_LEAKING = "label_leaking"
 CATASTROPHIC_OVERFITTING = "catastrophic_overfitting"
@@ -120,7 +120,8 @@ def diagnose_run(
     convergence_gap: float = 0.005,
     single_step_defenses: Sequence[str] | None = SINGLE_STEP_DEFENSES,
 ) -> list[Flag]:
-    """The sanity flags of one run, from its attack records.
+    """The sanity flags of one run, from its attack records, then the model-level flags its evaluations recorded
+    (:func:`model_flags`).
 
     Args:
         run: the run and its evaluations.
@@ -154,7 +155,24 @@ def diagnose_run(
         flags.append(_blackbox(run, views, tolerance))
     for views in attack_families(run.attacks).values():
         flags.append(_non_monotone(run, views, tolerance))
+    flags += model_flags(run)
     return [f for f in flags if f is not None]
+
+
+def model_flags(run: RunView) -> list[Flag]:
+    """The model-level flags its attack evaluations recorded in ``checks.json`` (computed at attack time on the
+    model, :mod:`trustlab.evaluation.checks`; read here without one), one per code: evaluations of one checkpoint
+    raise the same flags, so the first message is kept and every evaluation that raised it is named."""
+    found: dict[str, Flag] = {}
+    for a in run.attacks:
+        for f in a.checks.get("flags", []):
+            code = str(f.get("code"))
+            if code in found:
+                found[code].evidence["attacks"].append(a.id)
+                continue
+            evidence = {**f.get("evidence", {}), "n_checked": a.checks.get("n"), "attacks": [a.id]}
+            found[code] = Flag(code, str(f.get("severity", "warning")), run.name, str(f.get("message", "")), evidence)
+    return list(found.values())
 
 
 def _by_threat(attacks: Sequence[AttackView]) -> list[list[AttackView]]:
