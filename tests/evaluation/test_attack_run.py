@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from trustlab.errors import RunInUseError
 from trustlab.evaluation import attack_run
@@ -100,3 +101,29 @@ def test_eval_results_of_another_checkpoint_are_left_out_of_reports_and_matrix(r
     assert report["left_out"] == [message]
     attack_run(run, "pgd", LpBall(0.1), PGD, reuse=True, progress=False)  # recomputed on epoch 2, not reused
     assert len(load_run(run).attacks) == 1 and load_run(run).left_out == ()
+
+
+def test_eval10_attack_writes_the_model_checks_and_the_report_shows_their_flags_without_a_model(run, tmp_path):
+    from torch import nn
+
+    from trustlab.attacks import build_attack
+    from trustlab.reports.report import build_report
+    from trustlab.reports.runs import load_run
+
+    attack_run(run, "pgd", LpBall(0.1), PGD, subset=30, progress=False)
+    (folder,) = _results(run)
+    checks = json.loads((folder / "checks.json").read_text())
+    assert checks["n"] == 30 and checks["flags"] == [] and "zero_gradients" in checks["checks"]
+    report = tmp_path / "report"
+    build_report([run], report)
+    assert json.loads((report / "report.json").read_text())["flags"] == []
+    assert "Checks run on the model at attack time" in (report / "report.md").read_text()
+    # the same evaluation of a softmax-output model: its checks.json carries the flag into the report
+    x, y = torch.rand(20, 1, 8, 8), torch.arange(20) % 10
+    soft = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(dim=1)).eval()
+    written = attack_module.model_checks(soft, x, y, build_attack("pgd", LpBall(0.1), **PGD), run=run.name)
+    assert [f["code"] for f in written["flags"]] == ["probabilities"] and written["n"] == 20
+    (folder / "checks.json").write_text(json.dumps(written))
+    (flag,) = json.loads((build_report([run], tmp_path / "report2").parent / "report.json").read_text())["flags"]
+    assert flag["code"] == "probabilities" and flag["run"] == load_run(run).name
+    assert flag["evidence"]["attacks"] == [folder.name] and "pass logits" in flag["message"]

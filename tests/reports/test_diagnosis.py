@@ -126,7 +126,7 @@ def test_flags_name_the_run_and_every_check_is_described():
     flags = diagnose([healthy(), run([pgd(0.1, records(4)), pgd(0.2, records(9))], name="bad")])
     assert [(f.run, f.code) for f in flags] == [("bad", "non_monotone_in_eps")]
     assert set(CHECKS) == {"label_leaking", "catastrophic_overfitting", "iterative_weaker_than_single_step",
-                           "non_monotone_in_eps", "pgd_not_converged"}
+                           "non_monotone_in_eps", "pgd_not_converged", "blackbox_beats_whitebox"}
     with pytest.raises(ValueError, match="tolerance"):
         diagnose_run(healthy(), tolerance=-1)
 
@@ -172,3 +172,31 @@ def test_convergence_pairs_only_evaluations_of_the_same_attack():
     assert diagnose([run(views)]) == []
     (flag,) = diagnose([run([apgd(0.1, records(10), steps=10), apgd(0.1, records(8), steps=20)])])
     assert flag.code == "pgd_not_converged" and "APGD steps" in flag.message
+
+
+# --- gradient-free against white-box (EVAL-09), restarts doubled ------------------------------------------------
+
+def square(eps: float, rows: list[dict]) -> AttackView:
+    return attack("square", eps, rows, queries=5000, p_init=0.8, loss="margin")
+
+
+def test_eval09_blackbox_beats_whitebox_fires_when_square_breaks_what_pgd_missed():
+    (flag,) = diagnose([run([pgd(0.1, records(10)), apgd(0.1, records(12)), square(0.1, records(7))])])
+    assert flag.code == "blackbox_beats_whitebox" and flag.severity == "error" and flag.evidence["beaten"] == 3
+    assert flag.evidence["eps"] == 0.1 and "BPDA" in flag.message
+    assert diagnose([run([pgd(0.1, records(10)), square(0.1, records(9))])]) == []  # one example: tolerated
+    assert diagnose([run([pgd(0.1, records(10)), square(0.2, records(2))])]) == []  # another eps: not compared
+
+
+def test_square_plays_neither_role_of_the_single_step_checks():
+    assert step_type(square(0.1, records(1))) is None
+    # Square far weaker than PGD is no "iterative weaker than single-step" flag, nor label leaking
+    assert diagnose([run([pgd(0.1, records(4)), square(0.1, records(15))])]) == []
+
+
+def test_not_converged_fires_when_doubling_the_restarts_changes_success():
+    one = attack("apgd", 0.1, records(12), steps=100, restarts=1, loss="ce")
+    two = attack("apgd", 0.1, records(10), steps=100, restarts=2, loss="ce")
+    (flag,) = diagnose([run([one, two])])
+    assert flag.code == "pgd_not_converged" and flag.evidence["restarts"] == [1, 2]
+    assert "APGD restarts" in flag.message and "increase the restarts" in flag.message

@@ -1,10 +1,12 @@
 """``trustlab attack``: attack a trained run's model on its test split and write per-example records.
 
 Each evaluation lands in ``RUN/attacks/<id>/`` with ``config.json`` (every attack hyperparameter, the threat
-model, the seed, the subset, the checkpoint and its sha256, versions), ``records.jsonl``, ``examples.safetensors``
-and ``summary.json``; the run's own ``summary.json`` is not touched. ``<id>`` is a readable prefix plus a hash of
+model, the seed, the subset, the checkpoint and its sha256, versions), ``records.jsonl``, ``examples.safetensors``,
+``summary.json`` and ``checks.json`` (the gradient-masking checks of :mod:`trustlab.evaluation.checks` on the first
+:data:`CHECK_EXAMPLES` attacked inputs, so reports show them without a model); the run's own ``summary.json`` is
+not touched. ``<id>`` is a readable prefix plus a hash of
 the full configuration, so two evaluations that differ in anything (the seed, the subset) never share a folder.
-The four files are written into a hidden temp folder that is renamed into place (as checkpoints are), so a result
+The five files are written into a hidden temp folder that is renamed into place (as checkpoints are), so a result
 is either wholly there or absent, and the run folder is locked for the whole evaluation.
 The framework, not the attack, decides success: ``x_adv`` is clipped into the ball and the box again and the
 prediction recomputed (EVAL-02).
@@ -17,6 +19,7 @@ import math
 import secrets
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from trustlab.attacks.base import threat_dict
 from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
 from trustlab.data import make_splits
 from trustlab.device import resolve_device, runtime_info
+from trustlab.evaluation.checks import MODEL_CHECKS, run_checks
 from trustlab.progress import progress_bar
 from trustlab.runs import atomic_write_bytes, config_hash, read_json, versions, write_json, write_records
 from trustlab.runs.folder import MARKER, commit_folder, is_run, run_lock
@@ -37,9 +41,10 @@ from trustlab.seeding import derive_generator
 from trustlab.threat import LpBall
 from trustlab.validation import check_positive_int
 
-__all__ = ["attack_id", "attack_config", "evaluate_attack", "attack_run"]
+__all__ = ["attack_id", "attack_config", "evaluate_attack", "attack_run", "model_checks", "CHECK_EXAMPLES"]
 
 log = logging.getLogger(__name__)
+CHECK_EXAMPLES = 100  # inputs the model-level checks run on: cheap next to the attack, enough to see masking
 
 
 def attack_id(name: str, threat: LpBall, params: dict[str, Any], *, seed: int = 0, subset: int | None = None,
@@ -89,6 +94,17 @@ def evaluate_attack(
                      "adv_correct": adv_correct, "robust": correct and adv_correct, "dist": dist[i],
                      "confidence": conf[i], "adv_confidence": adv_conf[i]})
     return rows, x_adv
+
+
+def model_checks(model: nn.Module, x: Tensor, y: Tensor, attack, *, run: str = "",
+                 n: int = CHECK_EXAMPLES) -> dict[str, Any]:
+    """The content of ``checks.json``: :func:`~trustlab.evaluation.checks.run_checks` on the first ``n`` inputs,
+    with the attack's loss for the DLR check; ``n`` checked, every check's description, the raised flags."""
+    loss = attack.to_dict().get("loss")
+    flags = run_checks(model, x[:n], y[:n], attack.threat, losses=(loss,) if isinstance(loss, str) else (), run=run)
+    for f in flags:
+        log.warning("check %s: %s", f.code, f.message)
+    return {"n": min(n, len(x)), "checks": dict(MODEL_CHECKS), "flags": [asdict(f) for f in flags]}
 
 
 def _example_grid(x: Tensor, x_adv: Tensor, records: list[dict[str, Any]], k: int = 8) -> dict[str, Tensor]:
@@ -145,13 +161,14 @@ def attack_run(
         t0 = time.perf_counter()
         records, x_adv = evaluate_attack(model, x, y, attack, batch_size=batch_size, seed=seed, progress=progress)
         seconds = time.perf_counter() - t0
+        checks = model_checks(model, x, y, attack, run=run_dir.name)
         n = len(records)
         summary = {"attack": name, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
                    "robust_acc": sum(r["robust"] for r in records) / n, "seconds": seconds,
                    "checkpoint": ckpt_dir.name, "checkpoint_sha256": checkpoint["sha256"]}
         config = {**identity, "checkpoint": checkpoint, "run": str(run_dir), "runtime": runtime_info(dev),
                   "versions": versions()}
-        _commit(out, config, records, save(_example_grid(x.cpu(), x_adv.cpu(), records)), summary)
+        _commit(out, config, records, save(_example_grid(x.cpu(), x_adv.cpu(), records)), summary, checks)
     return summary
 
 
@@ -168,7 +185,7 @@ def _committed(out: Path, identity: dict[str, Any], checkpoint: dict[str, Any]) 
 
 
 def _commit(out: Path, config: dict[str, Any], records: list[dict[str, Any]], examples: bytes,
-            summary: dict[str, Any]) -> None:
+            summary: dict[str, Any], checks: dict[str, Any]) -> None:
     """Write the evaluation into ``attacks/.<id>.<random>.tmp/`` and rename it to ``out`` in one step."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(".*.tmp"):  # left by a killed evaluation (we hold the run's lock)
@@ -179,6 +196,7 @@ def _commit(out: Path, config: dict[str, Any], records: list[dict[str, Any]], ex
         write_json(tmp / "config.json", config)
         write_records(tmp / "records.jsonl", records)
         atomic_write_bytes(tmp / "examples.safetensors", examples)
+        write_json(tmp / "checks.json", checks)
         write_json(tmp / "summary.json", summary)
         commit_folder(tmp, out)
     finally:

@@ -11,33 +11,37 @@ Reference:
     Carlini et al. 2019, "On Evaluating Adversarial Robustness", arXiv:1902.06705 (sanity checks);
     Kurakin et al. 2016, "Adversarial Machine Learning at Scale", arXiv:1611.01236 (label leaking);
     Wong et al. 2020, "Fast is better than free", arXiv:2001.03994 (catastrophic overfitting);
-    reliability-tests.md EVAL-05, EVAL-06, EVAL-08, AT-03.
+    Athalye, Carlini & Wagner 2018, arXiv:1802.00420 (a gradient-free attack beating gradient ones);
+    reliability-tests.md EVAL-05, EVAL-06, EVAL-08, EVAL-09, AT-03.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trustlab.reports.metrics import accuracy_vs_eps, attack_families, same_eps, worst_case
 from trustlab.reports.runs import AttackView, RunView, norm_label
 
-__all__ = ["Flag", "CHECKS", "SINGLE_STEP_DEFENSES", "SINGLE_STEP", "ITERATIVE", "diagnose", "diagnose_run",
-           "step_type"]
+__all__ = ["Flag", "CHECKS", "SINGLE_STEP_DEFENSES", "SINGLE_STEP", "ITERATIVE", "GRADIENT_FREE", "diagnose",
+           "diagnose_run", "step_type", "blackbox_beats_whitebox", "not_converged", "model_flags"]
 
 LABEL_LEAKING = "label_leaking"
 CATASTROPHIC_OVERFITTING = "catastrophic_overfitting"
 ITERATIVE_WEAKER = "iterative_weaker_than_single_step"
 NON_MONOTONE = "non_monotone_in_eps"
 NOT_CONVERGED = "pgd_not_converged"
+BLACKBOX_BEATS_WHITEBOX = "blackbox_beats_whitebox"
 
 CHECKS: dict[str, str] = {
     LABEL_LEAKING: "FGSM accuracy above clean accuracy (the attack leaks the label)",
     CATASTROPHIC_OVERFITTING: "FGSM accuracy more than 30 pp above PGD accuracy on a single-step-trained model",
     ITERATIVE_WEAKER: "PGD accuracy above FGSM accuracy at the same eps (a bug, or gradient masking)",
     NON_MONOTONE: "raw robust accuracy rising with eps for one attack (a weak or buggy attack)",
-    NOT_CONVERGED: "PGD success changing by more than 0.5 pp when the steps are doubled",
+    NOT_CONVERGED: "PGD success changing by more than 0.5 pp when the steps or the restarts are doubled",
+    BLACKBOX_BEATS_WHITEBOX: "a gradient-free attack (Square) breaking more than 1 example that every white-box "
+                             "attack at the same eps missed (gradient masking)",
 }
 SINGLE_STEP_DEFENSES = ("fgsm", "fgsm-rs")
 SINGLE_STEP = "single-step"
@@ -47,7 +51,9 @@ _ROLE_WITHOUT_STEPS: dict[str, str | None] = {
     "fgsm": SINGLE_STEP, "fgsm-rs": SINGLE_STEP,
     "pgd": ITERATIVE,  # PGD's default is 10 steps
     "linear": None,  # closed form: exact on the linear models it applies to, so not compared with a gradient step
+    "square": None,  # gradient-free: compared with the white-box attacks by blackbox_beats_whitebox instead
 }
+GRADIENT_FREE = ("square",)  # attacks that never use a gradient: a masked gradient does not stop them
 _STEP_PARAMS = ("steps", "step_size")  # may differ between the two runs of the convergence check
 
 
@@ -74,8 +80,9 @@ def step_type(view: AttackView) -> str | None:
     """Whether an evaluation is :data:`SINGLE_STEP` or :data:`ITERATIVE`, from its recorded configuration.
 
     A recorded ``steps`` decides: 1 is single-step, more is iterative. Without one, ``fgsm`` and ``fgsm-rs``
-    are single-step, ``pgd`` is iterative (its default is 10 steps), the closed-form ``linear`` attack is
-    neither (None: the checks leave it out), and any other attack is single-step.
+    are single-step, ``pgd`` is iterative (its default is 10 steps), the closed-form ``linear`` attack and the
+    gradient-free ``square`` are neither (None: these checks leave them out; :func:`blackbox_beats_whitebox`
+    compares Square with the white-box attacks), and any other attack is single-step.
 
     Args:
         view: an evaluation; only ``name`` and ``params`` are read.
@@ -113,7 +120,8 @@ def diagnose_run(
     convergence_gap: float = 0.005,
     single_step_defenses: Sequence[str] | None = SINGLE_STEP_DEFENSES,
 ) -> list[Flag]:
-    """The sanity flags of one run, from its attack records.
+    """The sanity flags of one run, from its attack records, then the model-level flags its evaluations recorded
+    (:func:`model_flags`).
 
     Args:
         run: the run and its evaluations.
@@ -143,10 +151,28 @@ def diagnose_run(
         if single_step_defenses is None or run.defense in single_step_defenses:
             flags.append(_catastrophic(run, fgsm, pgd, overfit_gap))
         flags.append(_iterative_weaker(run, fgsm, pgd, tolerance))
-        flags += _not_converged(run, pgd, convergence_gap)
+        flags += not_converged(pgd, run=run.name, gap=convergence_gap)
+        flags.append(_blackbox(run, views, tolerance))
     for views in attack_families(run.attacks).values():
         flags.append(_non_monotone(run, views, tolerance))
+    flags += model_flags(run)
     return [f for f in flags if f is not None]
+
+
+def model_flags(run: RunView) -> list[Flag]:
+    """The model-level flags its attack evaluations recorded in ``checks.json`` (computed at attack time on the
+    model, :mod:`trustlab.evaluation.checks`; read here without one), one per code: evaluations of one checkpoint
+    raise the same flags, so the first message is kept and every evaluation that raised it is named."""
+    found: dict[str, Flag] = {}
+    for a in run.attacks:
+        for f in a.checks.get("flags", []):
+            code = str(f.get("code"))
+            if code in found:
+                found[code].evidence["attacks"].append(a.id)
+                continue
+            evidence = {**f.get("evidence", {}), "n_checked": a.checks.get("n"), "attacks": [a.id]}
+            found[code] = Flag(code, str(f.get("severity", "warning")), run.name, str(f.get("message", "")), evidence)
+    return list(found.values())
 
 
 def _by_threat(attacks: Sequence[AttackView]) -> list[list[AttackView]]:
@@ -233,33 +259,104 @@ def _iterative_weaker(run: RunView, fgsm: list[AttackView], pgd: list[AttackView
                  "fgsm_robust": counts["fgsm"], "pgd_robust": counts["pgd"], "attacks": [v.id for v in fgsm + pgd]})
 
 
-def _not_converged(run: RunView, pgd: list[AttackView], gap: float) -> list[Flag]:
+def _longer(a: AttackView, views: Sequence[AttackView], key: str) -> AttackView | None:
+    """The evaluation of ``a``'s attack with the most ``key`` (steps or restarts), at least twice ``a``'s, and
+    every other setting equal (a step size may differ with the steps)."""
+    free = _STEP_PARAMS if key == "steps" else ("restarts",)
+    value = a.params.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        return None
+    rest = {k: v for k, v in a.params.items() if k not in free}
+    longer = [b for b in views if b.name == a.name and isinstance(b.params.get(key), int)
+              and b.params[key] >= 2 * value and {k: v for k, v in b.params.items() if k not in free} == rest]
+    return max(longer, key=lambda v: v.params[key]) if longer else None
+
+
+def not_converged(views: Sequence[AttackView], *, run: str = "", gap: float = 0.005) -> list[Flag]:
+    """Flag each iterative evaluation whose success rate changes by more than ``gap`` when its steps, or its
+    restarts, are at least doubled with every other setting equal (EVAL-06), on the examples both evaluated.
+
+    Args:
+        views: evaluations at one threat model (those of another attack name are never paired).
+        run: the run's name, written into each flag.
+        gap: the largest change in success rate (a fraction) taken as converged.
+
+    Returns:
+        One flag per evaluation and doubled setting that changed the result.
+    """
     flags = []
-    for a in pgd:
-        steps = a.params.get("steps")
-        if not isinstance(steps, int) or steps < 1:
-            continue
-        rest = {k: v for k, v in a.params.items() if k not in _STEP_PARAMS}
-        longer = [b for b in pgd if b.name == a.name and isinstance(b.params.get("steps"), int)
-                  and b.params["steps"] >= 2 * steps
-                  and {k: v for k, v in b.params.items() if k not in _STEP_PARAMS} == rest]
-        if not longer:
-            continue
-        b = max(longer, key=lambda v: v.params["steps"])
-        counts, n = _counts({"k": [a], "more": [b]})
-        if n == 0:
-            continue
-        change = (counts["k"] - counts["more"]) / n  # rise in success rate = drop in robust accuracy
-        if abs(change) <= gap:
-            continue
-        why = (f"{_names([a])} has not converged; robust accuracy is overestimated" if change > 0 else
-               "more steps helped the defender: the attack does not keep its best iterate (EVAL-06)")
-        flags.append(Flag(NOT_CONVERGED, "warning", run.name,
-                          f"going from {steps} to {b.params['steps']} {_names([a])} steps at eps={a.eps:g} changed the "
-                          f"success rate by {100 * change:+.1f} pp: {why}",
-                          {**_where([a]), "n": n, "steps": [steps, b.params["steps"]], "attacks": [a.id, b.id],
-                           "robust_acc": [counts["k"] / n, counts["more"] / n], "success_change": change}))
+    for a in views:
+        for key in ("steps", "restarts"):
+            b = _longer(a, views, key)
+            if b is None:
+                continue
+            counts, n = _counts({"k": [a], "more": [b]})
+            if n == 0:
+                continue
+            change = (counts["k"] - counts["more"]) / n  # rise in success rate = drop in robust accuracy
+            if abs(change) <= gap:
+                continue
+            why = (f"{_names([a])} has not converged, so robust accuracy is overestimated: increase the {key}"
+                   if change > 0 else
+                   f"more {key} helped the defender: the attack does not keep its best iterate (EVAL-06)")
+            flags.append(Flag(NOT_CONVERGED, "warning", run,
+                              f"going from {a.params[key]} to {b.params[key]} {_names([a])} {key} at eps={a.eps:g} "
+                              f"changed the success rate by {100 * change:+.1f} pp: {why}",
+                              {**_where([a]), "n": n, key: [a.params[key], b.params[key]], "attacks": [a.id, b.id],
+                               "robust_acc": [counts["k"] / n, counts["more"] / n], "success_change": change}))
     return flags
+
+
+def blackbox_beats_whitebox(
+    records_by_attack: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    run: str = "",
+    tolerance: int = 1,
+    gradient_free: Sequence[str] = GRADIENT_FREE,
+    evidence: Mapping[str, Any] | None = None,
+) -> Flag | None:
+    """Flag examples that a gradient-free attack broke but every white-box attack missed (EVAL-09).
+
+    A gradient attack with the same budget should find at least what random search finds; when it does not,
+    the gradient is masked or obfuscated (Athalye et al. 2018; Carlini et al. 2019, Sec. 5). Examples are
+    matched by ``idx``; only those every evaluation holds count.
+
+    Args:
+        records_by_attack: per-example records of evaluations at one threat model, keyed by attack name or id
+            (``square`` or ``square-linf-...`` is gradient-free).
+        run: the run's name, written into the flag.
+        tolerance: examples of slack: the flag needs more than this many.
+        gradient_free: the attack names that use no gradient.
+        evidence: more evidence (eps, p) to write into the flag.
+
+    Returns:
+        The flag, or None (also when there is no gradient-free or no white-box evaluation).
+    """
+    black = [k for k in records_by_attack if any(k == g or k.startswith(f"{g}-") for g in gradient_free)]
+    white = [k for k in records_by_attack if k not in black]
+    if not black or not white or any(len(records_by_attack[k]) == 0 for k in records_by_attack):
+        return None
+    rows = worst_case(records_by_attack)
+    beaten = [r["idx"] for r in rows if r["correct"] and r["broken_by"] and set(r["broken_by"]) <= set(black)]
+    if len(beaten) <= tolerance:
+        return None
+    white_robust = sum(bool(r["correct"]) and not set(r["broken_by"]) - set(black) for r in rows)
+    return Flag(BLACKBOX_BEATS_WHITEBOX, "error", run,
+                f"{', '.join(sorted(black))} broke {len(beaten)} of {len(rows)} examples that every white-box attack "
+                f"({', '.join(sorted(white))}) missed: the gradients are masked, so the white-box robust accuracy "
+                f"{white_robust / len(rows):.1%} is too high; report the worst case and attack the defense with BPDA "
+                "or a gradient-free attack",
+                {**(evidence or {}), "n": len(rows), "beaten": len(beaten), "idx": beaten[:20],
+                 "white_acc": white_robust / len(rows), "gradient_free": sorted(black), "white_box": sorted(white)})
+
+
+def _blackbox(run: RunView, views: list[AttackView], tolerance: int) -> Flag | None:
+    black = [v for v in views if v.name in GRADIENT_FREE]
+    white = [v for v in views if v.name not in GRADIENT_FREE]
+    if not black or not white:
+        return None
+    records = {(v.id if v.id.startswith(v.name) else f"{v.name}-{v.id}"): v.records for v in black + white}
+    return blackbox_beats_whitebox(records, run=run.name, tolerance=tolerance, evidence=_where(views))
 
 
 def _non_monotone(run: RunView, views: list[AttackView], tolerance: int) -> Flag | None:

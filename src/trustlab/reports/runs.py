@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -30,6 +30,7 @@ ATTACK_KEYS = ("idx", "y", "pred", "correct", "adv_pred", "adv_correct", "robust
 log = logging.getLogger(__name__)
 ATTACK_KIND = "attack"  # the name of the attack evaluations' kind, whose views RunView.attacks returns
 _THREAT_FIELDS = ("attack", "eps", "p", "lower", "upper")  # not hyperparameters of the attack itself
+CHECKS_FILE = "checks.json"  # an attack evaluation's model-level checks (optional)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class AttackView:
         summary: ``summary.json`` (empty if the evaluation did not finish writing it).
         config: the whole ``config.json``.
         path: the folder.
+        checks: ``checks.json``: the model-level checks run at attack time (``n``, ``checks`` (code ->
+            description), ``flags``), see :mod:`trustlab.evaluation.checks`; empty for an evaluation without one.
     """
 
     id: str
@@ -61,6 +64,7 @@ class AttackView:
     summary: dict[str, Any]
     config: dict[str, Any]
     path: Path
+    checks: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -348,7 +352,7 @@ def _attack_view(s: RecordSet) -> AttackView:
     return AttackView(
         id=s.id, name=name, eps=float(threat["eps"]), p=parse_p(threat.get("p", "inf")), threat=threat,
         params=params, seed=s.config.get("seed"), records=s.records, summary=s.summary, config=s.config,
-        path=s.path,
+        path=s.path, checks=_read_object(s.path / CHECKS_FILE) if (s.path / CHECKS_FILE).is_file() else {},
     )
 
 

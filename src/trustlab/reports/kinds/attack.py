@@ -105,7 +105,20 @@ def _diagnosis_section(ctx: ReportContext) -> ReportPart:
                   "so a run with few evaluations is checked less).")
     body.text("Checks run on the records:")
     body.bullets([f"{code}: {desc}" for code, desc in CHECKS.items()])
+    model_checks = _model_checks(ctx.runs)
+    if model_checks:
+        body.text("Checks run on the model at attack time, on the first inputs of each evaluation (checks.json):")
+        body.bullets([f"{code}: {desc}" for code, desc in model_checks.items()])
     return ReportPart(body.section("diagnosis", "Diagnosis"), {"flags": [asdict(f) for f in flags]})
+
+
+def _model_checks(runs: Sequence[RunView]) -> dict[str, str]:
+    """The model-level checks that any evaluation recorded, code -> description, as written in its checks.json."""
+    found: dict[str, str] = {}
+    for run in runs:
+        for a in run.attacks:
+            found.update({str(k): str(v) for k, v in a.checks.get("checks", {}).items()})
+    return found
 
 
 def _curves_section(ctx: ReportContext) -> ReportPart:
