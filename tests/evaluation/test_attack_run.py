@@ -190,3 +190,25 @@ def test_member_names_follow_autoattack_and_stay_unique():
     assert names("rand") == ["eot-apgd-ce", "eot-apgd-dlr"]
     assert attack_module.member_names([{"attack": "fgsm"}, {"attack": "pgd"}, {"attack": "fgsm"}]) == [
         "fgsm#1", "pgd", "fgsm#3"]
+
+
+def test_report_shows_an_ensembles_member_table_from_its_summary_without_a_model(run, tmp_path):
+    from trustlab.reports.report import build_report
+
+    threat = LpBall(0.3)
+    summary = attack_run(run, "ensemble", threat, {"version": "custom", "members": _ensemble_members(threat)},
+                         progress=False)
+    attack_run(run, "pgd", threat, PGD, progress=False)
+    (folder,) = [f for f in _results(run) if f.name.startswith("ensemble-")]
+    report = tmp_path / "report"
+    build_report([run], report)
+    (entry,) = json.loads((report / "report.json").read_text())["runs"]
+    assert entry["ensemble_members"] == {folder.name: [
+        {"member": m["name"], "attacked": m["attacked"], "broken": m["broken"], "seconds": m["seconds"]}
+        for m in summary["members"]]}
+    md = (report / "report.md").read_text()
+    assert f"Ensemble {folder.name}: its members in the order they ran" in md
+    assert "| member | attacked | broken | seconds |" in md
+    for m in summary["members"]:
+        name = m["name"].replace("#", "\\#")  # as Markdown escapes it
+        assert f"| {name} | {m['attacked']} | {m['broken']} | " in md
