@@ -127,3 +127,88 @@ def test_eval10_attack_writes_the_model_checks_and_the_report_shows_their_flags_
     (flag,) = json.loads((build_report([run], tmp_path / "report2").parent / "report.json").read_text())["flags"]
     assert flag["code"] == "probabilities" and flag["run"] == load_run(run).name
     assert flag["evidence"]["attacks"] == [folder.name] and "pass logits" in flag["message"]
+
+
+def _ensemble_members(threat: LpBall) -> tuple:
+    """Cheap members that each break something on the tiny run at eps 0.3: a weak one-step PGD, FGSM, PGD-5."""
+    from trustlab.attacks import FGSM, PGD
+
+    return (PGD(threat, steps=1, step_size=threat.eps / 8, random_start=False), FGSM(threat), PGD(threat, steps=5))
+
+
+def test_ensemble_records_name_the_member_that_broke_each_example_and_the_summary_counts_per_member(run):
+    threat = LpBall(0.3)
+    members = _ensemble_members(threat)
+    summary = attack_run(run, "ensemble", threat, {"version": "custom", "members": members}, batch_size=40,
+                         progress=False)
+    (folder,) = _results(run)
+    assert folder.name.startswith("ensemble-linf-eps0.3-members3-versioncustom-")  # the members are in the hash
+    assert json.loads((folder / "summary.json").read_text()) == summary
+    records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+    broken = [r for r in records if r["correct"] and not r["robust"]]
+    assert broken and all(r["broken_by"] is not None for r in broken)
+    assert all(r["broken_by"] is None for r in records if r["robust"] or not r["correct"])
+    stats = summary["members"]
+    assert [m["name"] for m in stats] == ["pgd#1", "fgsm", "pgd#3"]
+    assert [m["attack"] for m in stats] == [a.to_dict() for a in members]
+    assert sum(m["broken"] for m in stats) == len(broken)
+    assert [m["broken"] for m in stats] == [sum(r["broken_by"] == m["name"] for r in records) for m in stats]
+    # each member runs on exactly the points the ones before it left robust
+    attacked = [m["attacked"] for m in stats]
+    assert attacked[0] == sum(r["correct"] for r in records)
+    assert attacked[1:] == [a - m["broken"] for a, m in zip(attacked, stats[:-1])]
+    assert attacked == sorted(attacked, reverse=True) and all(m["seconds"] >= 0 for m in stats)
+    assert len({r["broken_by"] for r in broken}) >= 2  # more than one member breaks something, else this shows little
+    # other attacks' records and summaries are as before
+    pgd_summary = attack_run(run, "pgd", threat, PGD, progress=False)
+    pgd_folder = next(f for f in _results(run) if f.name.startswith("pgd-"))
+    assert "members" not in pgd_summary
+    assert "broken_by" not in json.loads((pgd_folder / "records.jsonl").read_text().splitlines()[0])
+
+
+def test_ensemble_evaluation_gives_the_records_and_x_adv_of_the_plain_attack_path(small_model, test_batch):
+    """Same batches, same generator stream: evaluate_ensemble only adds broken_by to evaluate_attack's records."""
+    from trustlab.attacks import Ensemble
+
+    x, y = test_batch
+    x, y = x[:70], y[:70]
+    attack = Ensemble(LpBall(0.1), version="custom", members=_ensemble_members(LpBall(0.1)))
+    rows, x_adv = attack_module.evaluate_attack(small_model, x, y, attack, batch_size=30, seed=3)
+    rows_e, x_adv_e, stats = attack_module.evaluate_ensemble(small_model, x, y, attack, batch_size=30, seed=3)
+    assert torch.equal(x_adv, x_adv_e)
+    assert [{k: v for k, v in r.items() if k != "broken_by"} for r in rows_e] == rows
+    assert sum(m["broken"] for m in stats) == sum(r["broken_by"] is not None for r in rows_e) > 0
+
+
+def test_member_names_follow_autoattack_and_stay_unique():
+    from trustlab.attacks import Ensemble
+
+    def names(version: str) -> list[str]:
+        return attack_module.member_names(Ensemble(LpBall(0.3), version=version).to_dict()["members"])
+
+    assert names("standard") == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert names("rand") == ["eot-apgd-ce", "eot-apgd-dlr"]
+    assert attack_module.member_names([{"attack": "fgsm"}, {"attack": "pgd"}, {"attack": "fgsm"}]) == [
+        "fgsm#1", "pgd", "fgsm#3"]
+
+
+def test_report_shows_an_ensembles_member_table_from_its_summary_without_a_model(run, tmp_path):
+    from trustlab.reports.report import build_report
+
+    threat = LpBall(0.3)
+    summary = attack_run(run, "ensemble", threat, {"version": "custom", "members": _ensemble_members(threat)},
+                         progress=False)
+    attack_run(run, "pgd", threat, PGD, progress=False)
+    (folder,) = [f for f in _results(run) if f.name.startswith("ensemble-")]
+    report = tmp_path / "report"
+    build_report([run], report)
+    (entry,) = json.loads((report / "report.json").read_text())["runs"]
+    assert entry["ensemble_members"] == {folder.name: [
+        {"member": m["name"], "attacked": m["attacked"], "broken": m["broken"], "seconds": m["seconds"]}
+        for m in summary["members"]]}
+    md = (report / "report.md").read_text()
+    assert f"Ensemble {folder.name}: its members in the order they ran" in md
+    assert "| member | attacked | broken | seconds |" in md
+    for m in summary["members"]:
+        name = m["name"].replace("#", "\\#")  # as Markdown escapes it
+        assert f"| {name} | {m['attacked']} | {m['broken']} | " in md

@@ -9,7 +9,8 @@ the full configuration, so two evaluations that differ in anything (the seed, th
 The five files are written into a hidden temp folder that is renamed into place (as checkpoints are), so a result
 is either wholly there or absent, and the run folder is locked for the whole evaluation.
 The framework, not the attack, decides success: ``x_adv`` is clipped into the ball and the box again and the
-prediction recomputed (EVAL-02).
+prediction recomputed (EVAL-02). An ensemble's records also say which member broke each example (``broken_by``)
+and its ``summary.json`` lists per member the examples it attacked and broke and its time (``members``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from safetensors.torch import save
 
 from trustlab.attacks import attack_batched, build_attack, predict_proba
 from trustlab.attacks.base import threat_dict
+from trustlab.attacks.ensemble import Ensemble, ensemble_with_log
 from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
 from trustlab.data import make_splits
 from trustlab.device import resolve_device, runtime_info
+from trustlab.errors import NumericalError
 from trustlab.evaluation.checks import MODEL_CHECKS, run_checks
 from trustlab.progress import progress_bar
 from trustlab.runs import atomic_write_bytes, config_hash, read_json, versions, write_json, write_records
@@ -41,7 +44,8 @@ from trustlab.seeding import derive_generator
 from trustlab.threat import LpBall
 from trustlab.validation import check_positive_int
 
-__all__ = ["attack_id", "attack_config", "evaluate_attack", "attack_run", "model_checks", "CHECK_EXAMPLES"]
+__all__ = ["attack_id", "attack_config", "evaluate_attack", "evaluate_ensemble", "member_names", "attack_run",
+           "model_checks", "CHECK_EXAMPLES"]
 
 log = logging.getLogger(__name__)
 CHECK_EXAMPLES = 100  # inputs the model-level checks run on: cheap next to the attack, enough to see masking
@@ -50,13 +54,19 @@ CHECK_EXAMPLES = 100  # inputs the model-level checks run on: cheap next to the 
 def attack_id(name: str, threat: LpBall, params: dict[str, Any], *, seed: int = 0, subset: int | None = None,
               batch_size: int = 500) -> str:
     """The folder of an evaluation: a readable prefix and a hash of its full configuration
-    (:func:`attack_config`), e.g. ``pgd-linf-eps0.3-steps40-restarts5-1f2e3d4c5b``."""
+    (:func:`attack_config`), e.g. ``pgd-linf-eps0.3-steps40-restarts5-1f2e3d4c5b``. A sequence-valued parameter
+    (a custom ensemble's members) shows as its length, ``-members2``; the hash covers its content."""
     norm = "linf" if threat.p == math.inf else "l2"
-    extra = "".join(f"-{k.replace('_', '')}{v:g}" if isinstance(v, float) else f"-{k.replace('_', '')}{v}"
-                    for k, v in sorted(params.items()) if v is not None)
+    extra = "".join(f"-{k.replace('_', '')}{_label(v)}" for k, v in sorted(params.items()) if v is not None)
     attack = build_attack(name, threat, **params)
     digest = config_hash(attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size))
     return f"{name}-{norm}-eps{threat.eps:g}{extra}-{digest[:10]}"
+
+
+def _label(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(len(v)) if isinstance(v, (tuple, list)) else str(v)
 
 
 def attack_config(name: str, threat: LpBall, attack, *, seed: int, subset: int | None,
@@ -76,14 +86,69 @@ def evaluate_attack(
     ``robust`` is ``correct and adv_correct``: a misclassified point is never counted robust.
     """
     gen = derive_generator(seed, 11, device=x.device)
-    clean = predict_proba(model, x, batch_size=batch_size)
     chunks = []
     for i in progress_bar(range(0, len(x), batch_size), desc="attack", enabled=progress):
         chunks.append(attack_batched(attack, model, x[i : i + batch_size], y[i : i + batch_size],
                                      batch_size=batch_size, generator=gen))
     x_adv = torch.cat(chunks)
+    return _rows(model, x, y, x_adv, attack.threat, batch_size=batch_size), x_adv
+
+
+def evaluate_ensemble(
+    model: nn.Module, x: Tensor, y: Tensor, attack: Ensemble, *, batch_size: int = 500, seed: int = 0,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], Tensor, list[dict[str, Any]]]:
+    """:func:`evaluate_attack` for an :class:`Ensemble`, through :func:`ensemble_with_log` with the same batches
+    and generator stream (so ``x_adv`` and the records are the same); also says who broke each example.
+
+    Each record adds ``broken_by``: the name of the member that broke the example (its first success, as judged
+    by the ensemble), else ``None``. ``robust`` stays the framework's judgement of the ensemble's ``x_adv``.
+
+    Returns:
+        The records, ``x_adv``, and per member in order ``{name, attack, attacked, broken, seconds}``: its
+        configuration (``to_dict``), the examples it ran on and broke, and its wall time summed over the batches.
+    """
+    members = attack.attacks()
+    names = member_names([m.to_dict() for m in members])
+    gen = derive_generator(seed, 11, device=x.device)
+    chunks, attacked, broken = [], [], []
+    seconds = [0.0] * len(members)
+    for i in progress_bar(range(0, len(x), batch_size), desc="attack", enabled=progress):
+        step = ensemble_with_log(model, x[i : i + batch_size], y[i : i + batch_size], attack.threat,
+                                 attacks=members, generator=gen)
+        if not torch.isfinite(step.x_adv).all():
+            raise NumericalError(f"a member returned NaN or Inf for examples {i}..{i + len(step.x_adv) - 1}")
+        chunks.append(step.x_adv)
+        attacked.append(step.attacked)
+        broken.append(step.broken)
+        seconds = [s + t for s, t in zip(seconds, step.seconds)]
+    x_adv, attacked_, broken_ = torch.cat(chunks), torch.cat(attacked, 1), torch.cat(broken, 1)  # (M, N)
+    rows = _rows(model, x, y, x_adv, attack.threat, batch_size=batch_size)
+    hit, by = broken_.any(0), broken_.int().argmax(0)  # at most one member breaks an example: its index
+    for r, h, j in zip(rows, hit.tolist(), by.tolist()):
+        r["broken_by"] = names[j] if h else None
+    summary = [{"name": n, "attack": m.to_dict(), "attacked": int(a.sum()), "broken": int(b.sum()), "seconds": s}
+               for n, m, a, b, s in zip(names, members, attacked_, broken_, seconds)]
+    return rows, x_adv, summary
+
+
+def member_names(configs: list[dict[str, Any]]) -> list[str]:
+    """Short unique names of an ensemble's members from their records, AutoAttack's way: ``apgd-ce``,
+    ``apgd-t``, ``fab-t``, ``square``; ``eot-`` in front of an EOT member; ``#k`` (1-based position) after a
+    name that would repeat."""
+    names = []
+    for c in configs:
+        name = f"{c['attack']}-{c['loss']}" if c["attack"] == "apgd" and "loss" in c else str(c["attack"])
+        names.append(f"eot-{name}" if "eot_samples" in c else name)
+    return [f"{n}#{k + 1}" if names.count(n) > 1 else n for k, n in enumerate(names)]
+
+
+def _rows(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, threat: LpBall, *,
+          batch_size: int) -> list[dict[str, Any]]:
+    """One record per example of an evaluated ``x_adv`` (see :func:`evaluate_attack`)."""
+    clean = predict_proba(model, x, batch_size=batch_size)
     adv = predict_proba(model, x_adv, batch_size=batch_size)
-    dist = attack.threat.norm(x_adv - x)
+    dist = threat.norm(x_adv - x)
     conf, pred = clean.max(1)
     adv_conf, adv_pred = adv.max(1)
     y, pred, adv_pred, dist, conf, adv_conf = (t.tolist() for t in (y, pred, adv_pred, dist, conf, adv_conf))
@@ -93,7 +158,7 @@ def evaluate_attack(
         rows.append({"idx": i, "y": y[i], "pred": pred[i], "correct": correct, "adv_pred": adv_pred[i],
                      "adv_correct": adv_correct, "robust": correct and adv_correct, "dist": dist[i],
                      "confidence": conf[i], "adv_confidence": adv_conf[i]})
-    return rows, x_adv
+    return rows
 
 
 def model_checks(model: nn.Module, x: Tensor, y: Tensor, attack, *, run: str = "",
@@ -159,13 +224,21 @@ def attack_run(
         x, y = x.to(dev), y.to(dev)
         log.info("attack %s on %d test examples of %s (%s)", name, len(x), run_dir, dev)
         t0 = time.perf_counter()
-        records, x_adv = evaluate_attack(model, x, y, attack, batch_size=batch_size, seed=seed, progress=progress)
+        members = None
+        if isinstance(attack, Ensemble):
+            records, x_adv, members = evaluate_ensemble(model, x, y, attack, batch_size=batch_size, seed=seed,
+                                                        progress=progress)
+        else:
+            records, x_adv = evaluate_attack(model, x, y, attack, batch_size=batch_size, seed=seed,
+                                             progress=progress)
         seconds = time.perf_counter() - t0
         checks = model_checks(model, x, y, attack, run=run_dir.name)
         n = len(records)
         summary = {"attack": name, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
                    "robust_acc": sum(r["robust"] for r in records) / n, "seconds": seconds,
                    "checkpoint": ckpt_dir.name, "checkpoint_sha256": checkpoint["sha256"]}
+        if members is not None:
+            summary["members"] = members
         config = {**identity, "checkpoint": checkpoint, "run": str(run_dir), "runtime": runtime_info(dev),
                   "versions": versions()}
         _commit(out, config, records, save(_example_grid(x.cpu(), x_adv.cpu(), records)), summary, checks)

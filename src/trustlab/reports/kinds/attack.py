@@ -1,7 +1,8 @@
 """The ``attack`` kind: one record set per evaluation ``RUN/attacks/<id>/`` (one row per attacked example).
 
 It fills the matrix's attack columns and builds the robustness matrix, the diagnosis, the accuracy-vs-eps curves,
-the per-class accuracy, the adversarial example grids, and each run's attack tables in the runs section.
+the per-class accuracy, the adversarial example grids, and each run's attack tables in the runs section (with, for
+an ensemble evaluation, its members' table from ``summary.json``: attacked, broken and seconds per member).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from trustlab.reports.tables import matrix_spec
 __all__ = ["KIND", "MATRIX_ATTACKS"]
 
 MATRIX_ATTACKS = ("fgsm", "pgd")  # the matrix's attack columns by default (Madry et al. 2018, Table 1)
+MEMBER_COLUMNS = ("member", "attacked", "broken", "seconds")  # an ensemble's per-member table
 
 
 def _columns(runs: Sequence[RunView]) -> tuple[str, ...]:
@@ -225,12 +227,17 @@ def _run_part(run: RunView, ctx: ReportContext) -> Fragment:
     """The run's attack evaluations with every hyperparameter, its worst cases, and its flags."""
     body = Body()
     attack_rows = [_attack_row(a) for a in run.attacks]
+    members = {a.id: rows for a in run.attacks if (rows := _member_rows(a))}
     if attack_rows:
         body.text("Attack evaluations (every hyperparameter as recorded in the evaluation's config.json):")
         body.table(attack_rows, ["id", "attack", "p", "eps", "lower", "upper", "params", "seed", "n",
                                  "clean_acc", "robust_acc", "seconds"],
                    floatfmt={"eps": "g", "lower": "g", "upper": "g", "seconds": ".1f"},
                    percent={"clean_acc", "robust_acc"})
+        for a, rows in members.items():
+            body.text(f"Ensemble {a}: its members in the order they ran, each on the examples still robust "
+                      "(attacked) and breaking some of them (broken); seconds summed over the batches:")
+            body.table(rows, list(MEMBER_COLUMNS), floatfmt={"seconds": ".2f"}, percent=False)
         body.text("Worst case over every attack at each threat model (per example):")
         body.table(_worst_rows(run), ["p", "eps", "attacks", "n", "worst_acc"], floatfmt={"eps": "g"},
                    percent={"worst_acc"})
@@ -240,7 +247,19 @@ def _run_part(run: RunView, ctx: ReportContext) -> Fragment:
     body.text("Flags: " + ("none." if not own else f"{len(own)}."))
     if own:
         body.bullets(own)
-    return body.part({"attacks": attack_rows, "worst_case": _worst_rows(run)})
+    data = {"attacks": attack_rows, "worst_case": _worst_rows(run)}
+    if members:  # only ensemble evaluations carry it, so other reports stay as they were
+        data["ensemble_members"] = members
+    return body.part(data)
+
+
+def _member_rows(a: AttackView) -> list[dict[str, Any]]:
+    """An ensemble evaluation's per-member counts and times as its summary.json recorded them; [] otherwise."""
+    members = a.summary.get("members")
+    if not isinstance(members, list):
+        return []
+    return [{"member": m.get("name"), "attacked": m.get("attacked"), "broken": m.get("broken"),
+             "seconds": m.get("seconds")} for m in members if isinstance(m, Mapping)]
 
 
 def _attack_row(a: AttackView) -> dict[str, Any]:
