@@ -77,6 +77,7 @@ REGISTRY = {
     "apgd-t-linf": Entry(lambda t: APGDT(t, steps=5, n_target_classes=3), math.inf, "mlp", random=True),
     "apgd-t-l2": Entry(lambda t: APGDT(t, steps=5, n_target_classes=2, restarts=2), 2.0, "mlp", random=True),
     "square-linf": Entry(lambda t: Square(t, queries=40), math.inf, "mlp", random=True),
+    "square-l2": Entry(lambda t: Square(t, queries=40), 2.0, "mlp", random=True),
     "square-linf-ce-targeted": Entry(lambda t: Square(t, queries=40, loss="ce"), math.inf, "mlp", targeted=True,
                                      random=True),
     "fab-linf": Entry(lambda t: FAB(t, steps=5), math.inf, "mlp"),
@@ -90,8 +91,9 @@ REGISTRY = {
     "ensemble-linf": Entry(lambda t: Ensemble(t, version="custom", members=(
         APGD(t, steps=5), APGDT(t, steps=3, n_target_classes=2), FABT(t, steps=3, n_target_classes=2),
         Square(t, queries=40))), math.inf, "mlp", random=True),
-    "ensemble-l2": Entry(lambda t: Ensemble(t, version="custom", members=(APGD(t, steps=5), FAB(t, steps=5))), 2.0,
-                         "mlp", random=True),
+    "ensemble-l2": Entry(lambda t: Ensemble(t, version="custom", members=(
+        APGD(t, steps=5), APGDT(t, steps=3, n_target_classes=2), FABT(t, steps=3, n_target_classes=2),
+        Square(t, queries=40))), 2.0, "mlp", random=True),
     "ensemble-rand-linf": Entry(lambda t: Ensemble(t, version="custom", members=(
         EOTAttack(APGD(t, steps=3), samples=2), EOTAttack(APGD(t, steps=3, loss="dlr"), samples=2))), math.inf,
         "mlp", random=True),

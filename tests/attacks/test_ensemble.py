@@ -1,5 +1,5 @@
 """The ensemble: never weaker than a member per example, 100% success when unbounded, members run only on the
-points still robust, fixed versions recorded in full, and no silent dropping of Square for l_2."""
+points still robust, fixed versions recorded in full, and the same standard members for l_2 as for l_inf."""
 
 from __future__ import annotations
 
@@ -70,9 +70,10 @@ def test_log_matches_the_worst_case(small_model, test_batch):
     assert len(log.seconds) == len(members) and min(log.seconds) >= 0
 
 
-def test_unbounded_standard_ensemble_breaks_every_point(small_model, test_batch):
+@pytest.mark.parametrize("threat", [LpBall(1.0), LpBall(8.0, p=2)], ids=["linf", "l2"])
+def test_unbounded_standard_ensemble_breaks_every_point(threat, small_model, test_batch):
     x, y = test_batch
-    attack = Ensemble(LpBall(1.0))  # eps = 1 on [0, 1] inputs: the whole box
+    attack = Ensemble(threat)  # l_inf eps = 1, or l_2 eps = 8 = sqrt(64), on [0, 1]^64 inputs: the whole box
     log = ensemble_with_log(small_model, x, y, attack.threat, attacks=attack.attacks(), generator=gen(0))
     assert int((predict(small_model, log.x_adv) == y).sum()) == 0  # 0% robust accuracy, 100% success
     assert torch.equal(attack(small_model, x, y, generator=gen(0)), log.x_adv)
@@ -140,11 +141,21 @@ def test_to_dict_lists_every_member_with_its_hyperparameters_and_the_version():
     assert custom.to_dict()["members"] == [FGSM(threat).to_dict(), PGD(threat, steps=7).to_dict()]
 
 
-def test_l2_standard_raises_naming_square_l2():
-    with pytest.raises(ValueError, match="Square l_2.*not implemented yet"):
-        Ensemble(LpBall(0.5, p=2))
-    with pytest.raises(ValueError, match="Square l_2"):
-        build_attack("ensemble", LpBall(0.5, p=2.0))
+def test_l2_standard_has_the_same_members_with_square_l2():
+    """AutoAttack's standard version for l_2 is the l_inf one with every member on the l_2 ball; no member is
+    dropped."""
+    threat = LpBall(0.5, p=2)
+    record = Ensemble(threat).to_dict()
+    assert record["version"] == "standard-v1" and record["p"] == 2.0
+    linf = Ensemble(LpBall(0.5)).to_dict()["members"]
+    def but_norm(member: dict) -> dict:  # the record less the norm and Square's norm-specific initialization
+        return {k: v for k, v in member.items() if k not in ("p", "init")}
+
+    assert [but_norm(m) for m in record["members"]] == [but_norm(m) for m in linf]
+    *_, square = record["members"]
+    assert square["attack"] == "square" and square["queries"] == 5000 and square["p_init"] == 0.8
+    assert square["init"] == "pseudo-gaussian squares"
+    assert build_attack("ensemble", LpBall(0.5, p=2.0)) == Ensemble(threat)
     assert build_attack("ensemble", LpBall(0.5, p=2.0), version="rand").version == "rand"
 
 

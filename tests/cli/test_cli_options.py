@@ -133,16 +133,20 @@ def test_ensemble_end_to_end_with_its_version(tmp_path):
     (rand,) = (f for f in (run / "attacks").iterdir() if f != folder)
     assert rand.name.startswith("ensemble-l2-eps0.5-versionrand-")
     assert json.loads((rand / "config.json").read_text())["attack"]["version"] == "rand-v1"
-    r = _run("--quiet", "attack", str(run), "--attack", "ensemble", "--eps", "0.5", "--p", "2")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "needs Square l_2" in r.stderr and "--ensemble-version rand" in r.stderr
+    assert main(["--quiet", "attack", str(run), "--attack", "ensemble", "--eps", "0.5", "--p", "2", "--subset",
+                 "2"]) == 0
+    (standard_l2,) = (f for f in (run / "attacks").iterdir() if f not in (folder, rand))
+    record = json.loads((standard_l2 / "config.json").read_text())["attack"]
+    assert record["version"] == "standard-v1" and record["p"] == 2.0
+    assert [(m["attack"], m["p"]) for m in record["members"]] == [
+        ("apgd", 2.0), ("apgd-t", 2.0), ("fab-t", 2.0), ("square", 2.0)]
     r = _run("--quiet", "attack", str(run), "--attack", "pgd", "--eps", "0.1", "--ensemble-version", "rand")
     assert r.returncode == 2
     assert "attack 'pgd' does not take --ensemble-version" in r.stderr
     r = _run("--quiet", "attack", str(run), "--attack", "ensemble", "--eps", "0.1", "--steps", "5")
     assert r.stderr.strip() == ("trustlab attack: error: attack 'ensemble' does not take --steps; "
                                 "it takes ['--ensemble-version']")
-    assert len(list((run / "attacks").iterdir())) == 2
+    assert len(list((run / "attacks").iterdir())) == 3
 
 
 def test_no_keep_best_turns_off_a_recipe_setting(tmp_path):

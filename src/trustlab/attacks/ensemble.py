@@ -3,7 +3,6 @@ AutoAttack's fixed, versioned compositions (``standard``, ``rand``)."""
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import warnings
@@ -149,18 +148,13 @@ def version_members(version: str, threat: LpBall) -> tuple[Any, ...]:
     """The fixed members of a version, in their order (see :class:`Ensemble`).
 
     Raises:
-        ValueError: an unknown version, or ``standard`` for ``p = 2`` (its Square member is l_inf only here).
+        ValueError: an unknown version.
     """
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {sorted(VERSIONS)}, got {version!r}")
     if version == "rand":
         return (EOTAttack(APGD(threat, steps=100, restarts=1, loss="ce"), samples=20),
                 EOTAttack(APGD(threat, steps=100, restarts=1, loss="dlr"), samples=20))
-    if threat.p != math.inf:
-        raise ValueError(f"the standard ensemble for p={threat.p:g} needs Square l_2 (Andriushchenko et al. 2020, "
-                         "Algorithm 3), which is not implemented yet, and no member is dropped silently; use p = inf, "
-                         "the rand version (--ensemble-version rand), or Ensemble(threat, version='custom', "
-                         "members=...) that names its members")
     return (APGD(threat, steps=100, restarts=1, loss="ce"),
             APGDT(threat, steps=100, n_target_classes=9, restarts=1, loss="dlr-targeted"),
             FABT(threat, steps=100, n_target_classes=9, restarts=1),
@@ -175,8 +169,8 @@ class Ensemble:
 
     - ``standard`` (``standard-v1``), AutoAttack's standard version (Croce & Hein 2020, Sec. 5): APGD-CE
       (100 steps, 1 restart), APGD-T (targeted DLR, 100 steps, 9 target classes, 1 restart), FAB-T (100 steps,
-      9 target classes, 1 restart) and Square (5,000 queries, ``p_init`` 0.8). l_inf only for now: Square l_2
-      is missing, so ``p = 2`` raises rather than dropping a member.
+      9 target classes, 1 restart) and Square (5,000 queries, ``p_init`` 0.8), for ``p = inf`` and ``p = 2``
+      alike (Square's update follows the threat's norm).
     - ``rand`` (``rand-v1``), for randomized models: APGD-CE and APGD-DLR (100 steps, 1 restart each) on
       ``EOT(model, samples=20)`` (expectation over 20 draws, of the logits; see :class:`trustlab.attacks.EOT`).
     - ``custom``: exactly the given ``members`` (for tests and studies; the record lists them in full).
@@ -200,7 +194,7 @@ class Ensemble:
         elif self.members:
             raise ValueError(f"members are fixed by version {self.version!r}; pass version='custom' to give your own")
         else:
-            version_members(self.version, self.threat)  # an unknown version or p = 2 standard fails here
+            version_members(self.version, self.threat)  # an unknown version fails here
 
     def attacks(self) -> tuple[Any, ...]:
         """The configured members, in the order they run."""

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="forward passes per example of a query-based attack, the clean one included (square: 5000)")
     p.add_argument("--ensemble-version", choices=sorted(VERSIONS),
                    help="the ensemble's fixed composition (ensemble: default standard = APGD-CE, APGD-T, FAB-T, "
-                        "Square 5000 queries, l_inf only for now; rand = APGD-CE and APGD-DLR with EOT over 20 draws, "
+                        "Square 5000 queries, l_inf or l_2; rand = APGD-CE and APGD-DLR with EOT over 20 draws, "
                         "for randomized models)")
     p.add_argument("--subset", type=int, help="attack only the first N test examples of the seeded split")
     p.add_argument("--batch-size", type=int, default=500)
