@@ -200,3 +200,21 @@ def test_not_converged_fires_when_doubling_the_restarts_changes_success():
     (flag,) = diagnose([run([one, two])])
     assert flag.code == "pgd_not_converged" and flag.evidence["restarts"] == [1, 2]
     assert "APGD restarts" in flag.message and "increase the restarts" in flag.message
+
+
+def ensemble(eps: float, rows: list[dict], broken_by: dict[int, str]) -> AttackView:
+    """An ensemble evaluation whose records say which member broke each example."""
+    rows = [{**r, "broken_by": broken_by.get(r["idx"]) if r["correct"] and not r["robust"] else None} for r in rows]
+    return attack("ensemble", eps, rows, version="standard-v1")
+
+
+def test_eval09_square_inside_the_ensemble_breaking_what_white_box_missed_is_flagged():
+    """On the FGSM-RS MNIST model the ensemble's Square broke 11 of 500 points its gradient members missed; the
+    flag must come from the ensemble's own records, and the ensemble is no single-step attack to compare."""
+    broken = {i: "apgd-ce" for i in range(6, 10)} | {i: "square" for i in range(10, 13)}  # robust: 0..5
+    flags = diagnose([run([pgd(0.1, records(13)), ensemble(0.1, records(6), broken)])])
+    assert codes(flags) == ["blackbox_beats_whitebox"]
+    assert flags[0].evidence["beaten"] == 3 and flags[0].evidence["idx"] == [10, 11, 12]
+    only_white = {i: "apgd-t" for i in range(6, 13)}
+    assert diagnose([run([pgd(0.1, records(13)), ensemble(0.1, records(6), only_white)])]) == []
+    assert step_type(ensemble(0.1, records(6), broken)) is None

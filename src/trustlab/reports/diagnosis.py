@@ -52,6 +52,7 @@ _ROLE_WITHOUT_STEPS: dict[str, str | None] = {
     "pgd": ITERATIVE,  # PGD's default is 10 steps
     "linear": None,  # closed form: exact on the linear models it applies to, so not compared with a gradient step
     "square": None,  # gradient-free: compared with the white-box attacks by blackbox_beats_whitebox instead
+    "ensemble": None,  # white-box and gradient-free members in sequence: its records say which member broke what
 }
 GRADIENT_FREE = ("square",)  # attacks that never use a gradient: a masked gradient does not stop them
 _STEP_PARAMS = ("steps", "step_size")  # may differ between the two runs of the convergence check
@@ -351,12 +352,32 @@ def blackbox_beats_whitebox(
 
 
 def _blackbox(run: RunView, views: list[AttackView], tolerance: int) -> Flag | None:
-    black = [v for v in views if v.name in GRADIENT_FREE]
-    white = [v for v in views if v.name not in GRADIENT_FREE]
-    if not black or not white:
-        return None
-    records = {(v.id if v.id.startswith(v.name) else f"{v.name}-{v.id}"): v.records for v in black + white}
+    records: dict[str, Sequence[dict[str, Any]]] = {}
+    for v in views:
+        if v.name == "ensemble" and any("broken_by" in r for r in v.records):
+            records.update(_ensemble_split(v))
+        else:
+            records[v.id if v.id.startswith(v.name) else f"{v.name}-{v.id}"] = v.records
     return blackbox_beats_whitebox(records, run=run.name, tolerance=tolerance, evidence=_where(views))
+
+
+def _ensemble_split(view: AttackView) -> dict[str, list[dict[str, Any]]]:
+    """An ensemble's records as two record sets, by the member that broke each example (``broken_by``): what its
+    gradient-free members broke, and what its white-box members broke. The ensemble runs a member only on the
+    examples the earlier ones missed, so an example Square broke is one every white-box member missed."""
+    def free(member: Any) -> bool:
+        return isinstance(member, str) and any(member == g or member.startswith((f"{g}-", f"{g}#"))
+                                               for g in GRADIENT_FREE)
+
+    def part(keep) -> list[dict[str, Any]]:
+        rows = []
+        for r in view.records:
+            broken = bool(r["correct"]) and r.get("broken_by") is not None and keep(r["broken_by"])
+            rows.append({"idx": r["idx"], "y": r["y"], "correct": r["correct"],
+                         "robust": bool(r["correct"]) and not broken})
+        return rows
+
+    return {f"{GRADIENT_FREE[0]}-in-{view.id}": part(free), f"white-box-members-of-{view.id}": part(lambda m: not free(m))}
 
 
 def _non_monotone(run: RunView, views: list[AttackView], tolerance: int) -> Flag | None:
