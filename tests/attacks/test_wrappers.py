@@ -117,3 +117,43 @@ def test_eot_attack_runs_the_attack_on_eot_and_records_the_samples(small_model, 
     record = wrapped.to_dict()
     assert record == {**apgd.to_dict(), "eot_samples": 2, "eot": "mean of logits"}
     assert math.isinf(threat.p)
+
+
+def test_input_quantization_rounds_to_its_levels():
+    from trustlab.models import InputQuantization
+
+    x = torch.tensor([0.0, 0.12, 0.13, 0.5, 0.62, 0.63, 1.0])
+    assert torch.equal(InputQuantization(5)(x), torch.round(x * 4) / 4)  # FX-MASK(a)
+    assert torch.equal(InputQuantization(2)(x), torch.tensor([0.0, 0, 0, 0, 1, 1, 1]))
+    with pytest.raises(ValueError, match="levels"):
+        InputQuantization(1)
+
+
+def test_through_bpda_keeps_the_forward_and_unmasks_the_gradient(small_model, test_batch):
+    """``through_bpda`` finds the leading straight-through layer of a Sequential: forward values are the model's,
+    the input gradient is the classifier's at the quantized point (not zero), and the layers are shared."""
+    from trustlab.attacks import bpda_split, through_bpda
+    from trustlab.models import InputQuantization
+
+    x, y = test_batch
+    masked = nn.Sequential(InputQuantization(5), *small_model).eval()
+    wrapped = through_bpda(masked)
+    assert not wrapped.training
+    with torch.no_grad():
+        assert torch.equal(wrapped(x), masked(x))
+    assert torch.count_nonzero(input_grad(masked, x, y)) == 0
+    assert torch.allclose(input_grad(wrapped, x, y), input_grad(small_model, torch.round(x * 4) / 4, y))
+    pre, rest = bpda_split(masked)
+    assert len(pre) == 1 and rest[0] is small_model[0]
+
+
+def test_bpda_split_refuses_what_it_cannot_approximate(small_model):
+    from trustlab.attacks import bpda_split
+    from trustlab.models import InputQuantization
+
+    with pytest.raises(ValueError, match="starts with Flatten.*nothing to approximate"):
+        bpda_split(small_model)
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        bpda_split(BPDA(Quantize(), small_model))
+    with pytest.raises(ValueError, match="only preprocessing"):
+        bpda_split(nn.Sequential(InputQuantization(5)))

@@ -159,7 +159,7 @@ def test_eval10_randomized_and_training_mode_fire_on_dropout_left_on(small_model
     model = MCDropout(small_model).train()
     flags = {f.code: f for f in run_checks(model, x, y, THREAT)}
     assert {"randomized", "training_mode"} <= set(flags)
-    assert "ensemble-rand" in flags["randomized"].message and "model.eval()" in flags["training_mode"].message
+    assert "--ensemble-version rand" in flags["randomized"].message and "model.eval()" in flags["training_mode"].message
     assert model.training and small_model.training  # modes restored as found
     model.eval()
     assert not small_model.training

@@ -16,7 +16,8 @@ def _n_params(model: nn.Module) -> int:
 
 
 def test_registry_names():
-    assert model_names() == sorted(MODELS) == ["cnn-large", "cnn-small", "mlp", "preact-resnet18"]
+    assert model_names() == sorted(MODELS) == ["cnn-large", "cnn-small", "cnn-small-quantized", "mlp",
+                                                  "preact-resnet18"]
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -32,7 +33,7 @@ def test_forward_shape(name, dataset):
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn-small", "cnn-large"])
+@pytest.mark.parametrize("name", ["mlp", "cnn-small", "cnn-small-quantized", "cnn-large"])
 def test_simple_models_are_sequential(name):
     assert type(build_model(name, in_shape=(1, 28, 28), num_classes=10)) is nn.Sequential
 

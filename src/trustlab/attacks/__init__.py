@@ -35,10 +35,12 @@ from trustlab.attacks.losses import (
 from trustlab.attacks.pgd import PGD, default_step_size, pgd
 from trustlab.attacks.registry import ATTACKS, Attack, build_attack
 from trustlab.attacks.square import Square, SquareResult, p_schedule, side_length, square, square_with_queries
-from trustlab.attacks.wrappers import BPDA, EOT, EOTAttack
+from trustlab.attacks.wrappers import BPDA, EOT, EOTAttack, bpda_split, through_bpda
 
 __all__ = [
     "fgsm",
+    "bpda_split",
+    "through_bpda",
     "fgsm_rs",
     "FGSMRS",
     "pgd",

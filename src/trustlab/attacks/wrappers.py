@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from trustlab.threat import LpBall
 from trustlab.validation import check_positive_int
 
-__all__ = ["EOT", "BPDA", "EOTAttack"]
+__all__ = ["EOT", "BPDA", "EOTAttack", "bpda_split", "through_bpda"]
 
 
 class EOT(nn.Module):
@@ -105,6 +105,39 @@ class BPDA(nn.Module):
         if z.shape != x.shape:
             raise ValueError(f"preprocess must keep the shape of x {tuple(x.shape)}, got {tuple(z.shape)}")
         return self.model(x + (z - x).detach())
+
+
+def bpda_split(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
+    """Split an ``nn.Sequential`` into its leading straight-through preprocessing layers (modules with
+    ``straight_through = True``, e.g. :class:`~trustlab.models.preprocess.InputQuantization`) and the rest.
+
+    Raises:
+        ValueError: ``model`` is not an ``nn.Sequential`` or starts with no straight-through layer (the message
+            names its first layer), or is nothing but such layers.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"BPDA needs the model as an nn.Sequential starting with its preprocessing, got "
+                         f"{type(model).__name__}; wrap it yourself with BPDA(preprocess, model)")
+    layers = list(model)
+    k = 0
+    while k < len(layers) and getattr(layers[k], "straight_through", False) is True:
+        k += 1
+    if k == 0:
+        first = type(layers[0]).__name__ if layers else "nothing"
+        raise ValueError(f"BPDA: the model starts with {first}, not with a preprocessing layer marked "
+                         "straight_through (such as InputQuantization): there is nothing to approximate")
+    if k == len(layers):
+        raise ValueError("BPDA: the model is only preprocessing layers, with no classifier behind them")
+    return nn.Sequential(*layers[:k]), nn.Sequential(*layers[k:])
+
+
+def through_bpda(model: nn.Module) -> BPDA:
+    """``model`` as :class:`BPDA` over its leading straight-through layers (:func:`bpda_split`): the same forward
+    values, with those layers' backward pass replaced by the identity. The layers are shared, not copied."""
+    preprocess, rest = bpda_split(model)
+    wrapped = BPDA(preprocess, rest)
+    wrapped.train(model.training)
+    return wrapped
 
 
 @dataclass(frozen=True)

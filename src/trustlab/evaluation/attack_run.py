@@ -32,6 +32,7 @@ from safetensors.torch import save
 from trustlab.attacks import attack_batched, build_attack, predict_proba
 from trustlab.attacks.base import threat_dict
 from trustlab.attacks.ensemble import Ensemble, ensemble_with_log
+from trustlab.attacks.wrappers import through_bpda
 from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
 from trustlab.data import make_splits
 from trustlab.device import resolve_device, runtime_info
@@ -52,15 +53,17 @@ CHECK_EXAMPLES = 100  # inputs the model-level checks run on: cheap next to the 
 
 
 def attack_id(name: str, threat: LpBall, params: dict[str, Any], *, seed: int = 0, subset: int | None = None,
-              batch_size: int = 500) -> str:
+              batch_size: int = 500, bpda: bool = False) -> str:
     """The folder of an evaluation: a readable prefix and a hash of its full configuration
-    (:func:`attack_config`), e.g. ``pgd-linf-eps0.3-steps40-restarts5-1f2e3d4c5b``. A sequence-valued parameter
-    (a custom ensemble's members) shows as its length, ``-members2``; the hash covers its content."""
+    (:func:`attack_config`), e.g. ``pgd-linf-eps0.3-steps40-restarts5-1f2e3d4c5b``, ``pgd-bpda-linf-...`` through
+    BPDA. A sequence-valued parameter (a custom ensemble's members) shows as its length, ``-members2``; the hash
+    covers its content."""
     norm = "linf" if threat.p == math.inf else "l2"
     extra = "".join(f"-{k.replace('_', '')}{_label(v)}" for k, v in sorted(params.items()) if v is not None)
     attack = build_attack(name, threat, **params)
-    digest = config_hash(attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size))
-    return f"{name}-{norm}-eps{threat.eps:g}{extra}-{digest[:10]}"
+    digest = config_hash(attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size,
+                                       bpda=bpda))
+    return f"{name}{'-bpda' if bpda else ''}-{norm}-eps{threat.eps:g}{extra}-{digest[:10]}"
 
 
 def _label(v: Any) -> str:
@@ -70,11 +73,15 @@ def _label(v: Any) -> str:
 
 
 def attack_config(name: str, threat: LpBall, attack, *, seed: int, subset: int | None,
-                  batch_size: int) -> dict[str, Any]:
+                  batch_size: int, bpda: bool = False) -> dict[str, Any]:
     """What makes two evaluations the same: every resolved attack setting, the threat, seed, subset and batch
-    size (which splits the random starts' stream). The checkpoint is checked apart, by its sha256."""
-    return {"attack": attack.to_dict(), "name": name, "threat": threat_dict(threat), "seed": seed, "subset": subset,
-            "batch_size": batch_size}
+    size (which splits the random starts' stream), and ``bpda: true`` for an attack through BPDA (absent
+    otherwise, so earlier evaluations keep their ids). The checkpoint is checked apart, by its sha256."""
+    config = {"attack": attack.to_dict(), "name": name, "threat": threat_dict(threat), "seed": seed,
+              "subset": subset, "batch_size": batch_size}
+    if bpda:
+        config["bpda"] = True
+    return config
 
 
 def evaluate_attack(
@@ -184,9 +191,13 @@ def _example_grid(x: Tensor, x_adv: Tensor, records: list[dict[str, Any]], k: in
 def attack_run(
     run_dir: Path, name: str, threat: LpBall, params: dict[str, Any], *,
     subset: int | None = None, batch_size: int = 500, seed: int = 0, root: str | None = None, progress: bool = True,
-    reuse: bool = False, device: str = "auto",
+    reuse: bool = False, device: str = "auto", bpda: bool = False,
 ) -> dict[str, Any]:
     """Load the run's latest checkpoint, attack its test split, and commit ``RUN/attacks/<id>/``; returns the summary.
+
+    With ``bpda``, the attack differentiates :func:`~trustlab.attacks.wrappers.through_bpda` of the model (its
+    leading straight-through preprocessing, such as input quantization, is the identity in the backward pass);
+    the forward values, hence the records, are the model's own, and the checks run on the model itself.
 
     With ``reuse``, a committed evaluation in that folder whose configuration matches exactly and that was computed
     on the same checkpoint (by sha256) is returned as is.
@@ -201,20 +212,24 @@ def attack_run(
     if isinstance(subset, bool) or not (subset is None or isinstance(subset, int) and subset >= 1):
         raise ValueError(f"subset must be an int >= 1, got {subset!r}")
     check_positive_int(batch_size, "batch_size")
+    if not isinstance(bpda, bool):
+        raise TypeError(f"bpda must be a bool, got {bpda!r}")
     attack = build_attack(name, threat, **params)
-    identity = attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size)
+    identity = attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size, bpda=bpda)
     with run_lock(run_dir):
         ckpt_dir = latest_checkpoint(run_dir)
         if ckpt_dir is None:
             raise FileNotFoundError(f"no valid checkpoint found in {run_dir}")
         checkpoint = checkpoint_ref(ckpt_dir)
-        out = run_dir / "attacks" / attack_id(name, threat, params, seed=seed, subset=subset, batch_size=batch_size)
+        out = run_dir / "attacks" / attack_id(name, threat, params, seed=seed, subset=subset, batch_size=batch_size,
+                                              bpda=bpda)
         if reuse:
             done = _committed(out, identity, checkpoint)
             if done is not None:
                 return done
         dev = resolve_device(device)
         model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
+        attacked = through_bpda(model) if bpda else model  # same forward values; BPDA only changes gradients
         train_cfg = read_json(run_dir / "config.json")["config"]
         splits = make_splits(train_cfg["dataset"], root=root or train_cfg.get("root"),
                              val_size=train_cfg.get("val_size"), seed=train_cfg["seed"], subset=train_cfg.get("subset"))
@@ -226,10 +241,10 @@ def attack_run(
         t0 = time.perf_counter()
         members = None
         if isinstance(attack, Ensemble):
-            records, x_adv, members = evaluate_ensemble(model, x, y, attack, batch_size=batch_size, seed=seed,
+            records, x_adv, members = evaluate_ensemble(attacked, x, y, attack, batch_size=batch_size, seed=seed,
                                                         progress=progress)
         else:
-            records, x_adv = evaluate_attack(model, x, y, attack, batch_size=batch_size, seed=seed,
+            records, x_adv = evaluate_attack(attacked, x, y, attack, batch_size=batch_size, seed=seed,
                                              progress=progress)
         seconds = time.perf_counter() - t0
         checks = model_checks(model, x, y, attack, run=run_dir.name)

@@ -121,7 +121,7 @@ def randomized(model: nn.Module, x: Tensor, *, run: str = "", passes: int = RAND
     return Flag(RANDOMIZED, "warning", run,
                 f"{passes} forward passes in eval mode on the same {len(x)} inputs differ (normalized logits by up "
                 f"to {diff:.3g}, {changed} prediction change(s)): a single-sample gradient is noise; use "
-                "--attack ensemble-rand (APGD with expectation over transformation, EOT)",
+                "--attack ensemble --ensemble-version rand (APGD with expectation over transformation, EOT)",
                 {"n": len(x), "passes": passes, "max_diff": diff, "prediction_changes": changed, "tol": tol})
 
 
@@ -148,7 +148,8 @@ def zero_gradients(model: nn.Module, x: Tensor, y: Tensor, *, run: str = "", min
     return Flag(ZERO_GRADIENTS, "error", run,
                 f"the input gradient of the loss is zero on {count} of {len(x)} inputs ({share:.0%}, flagged above "
                 f"{min_share:.0%}): gradient attacks cannot move there; non-differentiable preprocessing or "
-                "saturation: use BPDA (wrap the preprocessing with BPDA) or a gradient-free attack (--attack square)",
+                "saturation: attack through BPDA (--bpda, or wrap the preprocessing with BPDA) or with a gradient-free "
+                "attack (--attack square)",
                 {"n": len(x), "zero": count, "share": share, "min_share": min_share, "norm": norm})
 
 

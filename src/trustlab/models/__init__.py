@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from trustlab.models.cnn_large import cnn_large
 from trustlab.models.cnn_small import cnn_small
+from trustlab.models.cnn_small_quantized import cnn_small_quantized
 from trustlab.models.mlp import mlp
 from trustlab.models.preact_resnet import PreActBlock, preact_resnet18
+from trustlab.models.preprocess import InputQuantization
 from trustlab.models.registry import MODELS, build_model, model_names
 
 __all__ = [
@@ -19,6 +21,8 @@ __all__ = [
     "model_names",
     "mlp",
     "cnn_small",
+    "cnn_small_quantized",
+    "InputQuantization",
     "cnn_large",
     "preact_resnet18",
     "PreActBlock",

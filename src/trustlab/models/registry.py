@@ -14,6 +14,7 @@ from torch import nn
 
 from trustlab.models.cnn_large import cnn_large
 from trustlab.models.cnn_small import cnn_small
+from trustlab.models.cnn_small_quantized import cnn_small_quantized
 from trustlab.models.mlp import mlp
 from trustlab.models.preact_resnet import preact_resnet18
 
@@ -24,6 +25,7 @@ Builder = Callable[..., nn.Module]
 MODELS: dict[str, Builder] = {
     "mlp": mlp,
     "cnn-small": cnn_small,
+    "cnn-small-quantized": cnn_small_quantized,
     "cnn-large": cnn_large,
     "preact-resnet18": preact_resnet18,
 }

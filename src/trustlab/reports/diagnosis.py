@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustlab.reports.metrics import accuracy_vs_eps, attack_families, same_eps, worst_case
-from trustlab.reports.runs import AttackView, RunView, norm_label
+from trustlab.reports.runs import BPDA_SUFFIX, AttackView, RunView, norm_label
 
 __all__ = ["Flag", "CHECKS", "SINGLE_STEP_DEFENSES", "SINGLE_STEP", "ITERATIVE", "GRADIENT_FREE", "diagnose",
            "diagnose_run", "step_type", "blackbox_beats_whitebox", "not_converged", "model_flags"]
@@ -40,8 +40,9 @@ CHECKS: dict[str, str] = {
     ITERATIVE_WEAKER: "PGD accuracy above FGSM accuracy at the same eps (a bug, or gradient masking)",
     NON_MONOTONE: "raw robust accuracy rising with eps for one attack (a weak or buggy attack)",
     NOT_CONVERGED: "PGD success changing by more than 0.5 pp when the steps or the restarts are doubled",
-    BLACKBOX_BEATS_WHITEBOX: "a gradient-free attack (Square) breaking more than 1 example that every white-box "
-                             "attack at the same eps missed (gradient masking)",
+    BLACKBOX_BEATS_WHITEBOX: "a gradient-free attack (Square) or an attack through BPDA breaking more than 1 "
+                             "example that every attack on the model's own gradient at the same eps missed "
+                             "(gradient masking)",
 }
 SINGLE_STEP_DEFENSES = ("fgsm", "fgsm-rs")
 SINGLE_STEP = "single-step"
@@ -316,15 +317,19 @@ def blackbox_beats_whitebox(
     gradient_free: Sequence[str] = GRADIENT_FREE,
     evidence: Mapping[str, Any] | None = None,
 ) -> Flag | None:
-    """Flag examples that a gradient-free attack broke but every white-box attack missed (EVAL-09).
+    """Flag examples that a gradient-free attack, or an attack through BPDA, broke but every attack on the
+    model's own gradient missed (EVAL-09).
 
-    A gradient attack with the same budget should find at least what random search finds; when it does not,
-    the gradient is masked or obfuscated (Athalye et al. 2018; Carlini et al. 2019, Sec. 5). Examples are
-    matched by ``idx``; only those every evaluation holds count.
+    A gradient attack with the same budget should find at least what random search finds, and at least what it
+    finds through a straight-through approximation of the model; when it does not, the gradient is masked or
+    obfuscated (Athalye et al. 2018; Carlini et al. 2019, Sec. 5). Examples are matched by ``idx``; only those
+    every evaluation holds count. The message gives the robust accuracy of the white-box attacks and the
+    per-example worst case over all of them.
 
     Args:
         records_by_attack: per-example records of evaluations at one threat model, keyed by attack name or id
-            (``square`` or ``square-linf-...`` is gradient-free).
+            (``square`` or ``square-linf-...`` is gradient-free; a key containing ``+bpda`` is an attack through
+            BPDA).
         run: the run's name, written into the flag.
         tolerance: examples of slack: the flag needs more than this many.
         gradient_free: the attack names that use no gradient.
@@ -333,7 +338,8 @@ def blackbox_beats_whitebox(
     Returns:
         The flag, or None (also when there is no gradient-free or no white-box evaluation).
     """
-    black = [k for k in records_by_attack if any(k == g or k.startswith(f"{g}-") for g in gradient_free)]
+    black = [k for k in records_by_attack
+             if BPDA_SUFFIX in k or any(k == g or k.startswith(f"{g}-") for g in gradient_free)]
     white = [k for k in records_by_attack if k not in black]
     if not black or not white or any(len(records_by_attack[k]) == 0 for k in records_by_attack):
         return None
@@ -342,13 +348,16 @@ def blackbox_beats_whitebox(
     if len(beaten) <= tolerance:
         return None
     white_robust = sum(bool(r["correct"]) and not set(r["broken_by"]) - set(black) for r in rows)
+    worst = sum(bool(r["robust"]) for r in rows)
     return Flag(BLACKBOX_BEATS_WHITEBOX, "error", run,
-                f"{', '.join(sorted(black))} broke {len(beaten)} of {len(rows)} examples that every white-box attack "
-                f"({', '.join(sorted(white))}) missed: the gradients are masked, so the white-box robust accuracy "
-                f"{white_robust / len(rows):.1%} is too high; report the worst case and attack the defense with BPDA "
-                "or a gradient-free attack",
+                f"{', '.join(sorted(black))} broke {len(beaten)} of {len(rows)} examples that every attack on the "
+                f"model's own gradient ({', '.join(sorted(white))}) missed: the gradients are masked, so the "
+                f"white-box robust accuracy {white_robust / len(rows):.1%} is too high and the per-example worst "
+                f"case {worst / len(rows):.1%} is the number to report; attack the defense through BPDA (--bpda) "
+                "or with a gradient-free attack (--attack square)",
                 {**(evidence or {}), "n": len(rows), "beaten": len(beaten), "idx": beaten[:20],
-                 "white_acc": white_robust / len(rows), "gradient_free": sorted(black), "white_box": sorted(white)})
+                 "white_acc": white_robust / len(rows), "worst_acc": worst / len(rows), "gradient_free": sorted(black),
+                 "white_box": sorted(white)})
 
 
 def _blackbox(run: RunView, views: list[AttackView], tolerance: int) -> Flag | None:
@@ -357,8 +366,19 @@ def _blackbox(run: RunView, views: list[AttackView], tolerance: int) -> Flag | N
         if v.name == "ensemble" and any("broken_by" in r for r in v.records):
             records.update(_ensemble_split(v))
         else:
-            records[v.id if v.id.startswith(v.name) else f"{v.name}-{v.id}"] = v.records
+            records[_record_key(v)] = v.records
     return blackbox_beats_whitebox(records, run=run.name, tolerance=tolerance, evidence=_where(views))
+
+
+def _record_key(view: AttackView) -> str:
+    """The key of an evaluation's records in :func:`blackbox_beats_whitebox`: its id, starting with its name
+    (``pgd+bpda-linf-...`` for the folder ``pgd-bpda-linf-...``)."""
+    if view.id.startswith(view.name):
+        return view.id
+    dashed = view.name.replace(BPDA_SUFFIX, "-bpda")
+    if view.name.endswith(BPDA_SUFFIX) and view.id.startswith(dashed):
+        return view.name + view.id[len(dashed):]
+    return f"{view.name}-{view.id}"
 
 
 def _ensemble_split(view: AttackView) -> dict[str, list[dict[str, Any]]]:

@@ -22,7 +22,7 @@ from trustlab.reports.kinds import RecordKind, RecordSet, record_kinds
 from trustlab.runs.records import read_json
 from trustlab.threat import parse_p
 
-__all__ = ["AttackView", "RunView", "load_run", "load_runs", "load_examples", "attack_views", "read_record_set",
+__all__ = ["BPDA_SUFFIX", "AttackView", "RunView", "load_run", "load_runs", "load_examples", "attack_views", "read_record_set",
            "norm_label", "CLEAN_KEYS", "ATTACK_KEYS", "ATTACK_KIND"]
 
 CLEAN_KEYS = ("idx", "y", "pred", "correct")
@@ -30,6 +30,7 @@ ATTACK_KEYS = ("idx", "y", "pred", "correct", "adv_pred", "adv_correct", "robust
 log = logging.getLogger(__name__)
 ATTACK_KIND = "attack"  # the name of the attack evaluations' kind, whose views RunView.attacks returns
 _THREAT_FIELDS = ("attack", "eps", "p", "lower", "upper")  # not hyperparameters of the attack itself
+BPDA_SUFFIX = "+bpda"  # appended to the name of an evaluation run through BPDA (config ``bpda: true``)
 CHECKS_FILE = "checks.json"  # an attack evaluation's model-level checks (optional)
 
 
@@ -348,6 +349,8 @@ def _attack_view(s: RecordSet) -> AttackView:
         raise ValueError(f"{s.path / 'config.json'} has no threat.eps")
     attack = dict(s.config.get("attack", {}))
     name = str(s.config.get("name", attack.get("attack", s.id)))
+    if s.config.get("bpda") is True:
+        name += BPDA_SUFFIX  # its own column: through BPDA an attack sees gradients the plain one does not
     params = {k: v for k, v in attack.items() if k not in _THREAT_FIELDS}
     return AttackView(
         id=s.id, name=name, eps=float(threat["eps"]), p=parse_p(threat.get("p", "inf")), threat=threat,

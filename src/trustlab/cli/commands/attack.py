@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the ensemble's fixed composition (ensemble: default standard = APGD-CE, APGD-T, FAB-T, "
                         "Square 5000 queries, l_inf or l_2; rand = APGD-CE and APGD-DLR with EOT over 20 draws, "
                         "for randomized models)")
+    p.add_argument("--bpda", action="store_true",
+                   help="attack through BPDA: the model's leading non-differentiable preprocessing (input "
+                        "quantization) counts as the identity in the backward pass (Athalye et al. 2018)")
     p.add_argument("--subset", type=int, help="attack only the first N test examples of the seeded split")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -78,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     threat = LpBall(args.eps, args.p)
     summary = attack_run(Path(args.run), args.attack, threat, attack_params(args.attack, args), subset=args.subset,
                          batch_size=args.batch_size, seed=args.seed, root=args.root, progress=not args.quiet,
-                         device=args.device)
+                         device=args.device, bpda=args.bpda)
     norm = "inf" if threat.p == math.inf else "2"
-    print(f"{shown(args.run)}: {args.attack} (l_{norm}, eps={threat.eps:g}) on {summary['n']} test examples: "
+    print(f"{shown(args.run)}: {args.attack}{'+bpda' if args.bpda else ''} (l_{norm}, eps={threat.eps:g}) on {summary['n']} test examples: "
           f"clean {summary['clean_acc']:.4f}, robust {summary['robust_acc']:.4f} ({summary['seconds']:.0f} s)")
     return 0
