@@ -46,6 +46,8 @@ def test_eval09_eval10_report_says_the_gradients_are_masked(masked_run, tmp_path
     words = flags["blackbox_beats_whitebox"]["message"]
     assert "pgd+bpda" in words and "square" in words and "masked" in words and "worst case" in words
     assert "--bpda" in flags["zero_gradients"]["message"]
+    (row,) = json.loads((tmp_path / "rep" / "report.json").read_text())["matrix"]
+    assert row["worst"] == min(row["pgd"], row["pgd+bpda"], row["square"]) < row["pgd"]  # the headline is not PGD's
     page = (tmp_path / "rep" / "report.md").read_text()
     assert "the gradients are masked" in page
 
