@@ -15,7 +15,6 @@ processes inflate the spread).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time

@@ -43,12 +43,13 @@ def build_random_net(kind: str, seed: int, *, trained: bool = False,
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
     else:
-        shape = (pick(1, 2), 6, 6)
+        col2im = seed % 3 == 0  # a first conv with C_in * k * k <= C_out, whose transpose is col2im
+        shape = (1 if col2im else pick(1, 2), 6, 6)
         c, side = shape[0], 6
-        for _ in range(pick(1, 2)):
-            out_c, stride = pick(2, 4), pick(1, 2)
-            layers += [nn.Conv2d(c, out_c, 3, stride=stride, padding=1), nn.ReLU()]
-            c, side = out_c, (side + 2 - 3) // stride + 1
+        for i in range(pick(1, 2)):
+            out_c, kernel, stride = (4, 2, pick(1, 2)) if col2im and i == 0 else (pick(2, 4), pick(2, 3), pick(1, 2))
+            layers += [nn.Conv2d(c, out_c, kernel, stride=stride, padding=1), nn.ReLU()]
+            c, side = out_c, (side + 2 - kernel) // stride + 1
         layers += [nn.Flatten()]
         width = c * side * side
         if pick(0, 1):
