@@ -24,6 +24,7 @@ from trustlab.certify import (
     margin_spec,
     to_network,
 )
+from trustlab.models import build_model
 
 METHODS = {
     "ibp": ibp_bounds,
@@ -53,6 +54,22 @@ def test_cert01_bounds_contain_sampled_corner_and_pgd_points(seed, p, kind, trai
                 contains(b.lower, b.upper, seen_lo, seen_hi)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("p", [math.inf, 2.0], ids=["linf", "l2"])
+def test_cert01_many_seeds_with_10k_samples(p, kind, random_net, extremes, contains):
+    """CERT-01 at its full size: 10,000 uniform points per example, on 40 more random and trained nets."""
+    for seed in range(100, 140):
+        model, x = random_net(kind, seed, trained=seed % 2 == 1)
+        net = to_network(model, x)
+        spec = margin_spec(model(x).argmax(1), net.num_classes)
+        for eps in EPS[p]:
+            seen_lo, seen_hi = extremes(model, x, LpBall(eps, p), spec, seed=seed, samples=10_000)
+            for bound in METHODS.values():
+                b = bound(net, x, LpBall(eps, p), spec=spec)
+                contains(b.lower, b.upper, seen_lo, seen_hi)
+
+
 @pytest.mark.parametrize("p", [math.inf, 2.0], ids=["linf", "l2"])
 def test_cert01_sound_on_trained_digit_models(p, small_model, small_cnn, test_batch, extremes, contains):
     x, y = test_batch[0][:4], test_batch[1][:4]
@@ -63,6 +80,19 @@ def test_cert01_sound_on_trained_digit_models(p, small_model, small_cnn, test_ba
         for name, bound in METHODS.items():
             b = bound(model, x, LpBall(eps, p), spec=spec)
             contains(b.lower, b.upper, seen_lo, seen_hi)
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0], ids=["linf", "l2"])
+def test_cert01_sound_on_cnn_small(p, extremes, contains):
+    """The registry's cnn-small (MNIST shape, seeded initialisation) at the benchmark's radius."""
+    model = build_model("cnn-small", in_shape=(1, 28, 28), num_classes=10, seed=0).eval()
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    threat = LpBall(0.1 if p == math.inf else 1.0, p)
+    spec = margin_spec(model(x).argmax(1), 10)
+    seen_lo, seen_hi = extremes(model, x, threat, spec, samples=200)
+    for bound in METHODS.values():
+        b = bound(model, x, threat, spec=spec)
+        contains(b.lower, b.upper, seen_lo, seen_hi)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
