@@ -106,14 +106,16 @@ def to_network(model: nn.Module | Network, x: Tensor) -> Network:
             training mode; every offending op is listed (CERT-08). Also when the traced network disagrees with
             the model (e.g. data-dependent control flow that tracing froze).
         TypeError: ``model`` is not an ``nn.Module`` or :class:`Network`, or ``x`` is not a tensor.
-        ValueError: the model does not end in ``(N, K)`` logits, or fails on ``x``'s shape.
+        ValueError: ``x`` is not batched, the model does not end in ``(N, K)`` logits, or fails on ``x``'s shape.
     """
     if isinstance(model, Network):
         return model
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or a certify.Network, got {type(model).__name__}")
-    if not isinstance(x, Tensor) or x.dim() < 2:
-        raise TypeError(f"x must be a batched tensor (N, *D), got {type(x).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"x must be batched with shape (N, *D), got shape {tuple(x.shape)}")
     ops = trace_ops(model, x)
     network = Network(_group(ops, tuple(x.shape[1:])))
     _check_agreement(model, network, x)
