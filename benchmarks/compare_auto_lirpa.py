@@ -5,6 +5,12 @@ on MNIST test images at eps = 0.1 (l_inf, the box [0, 1]) and eps = 1.0 (l_2, no
 margins ``f_y - f_j`` with the same specification matrix C; the script prints the largest absolute difference of
 the lower bounds per method, and the largest difference relative to the bound's magnitude.
 
+Measured (20 images, 300 training steps): l_inf agrees to float32 rounding for all three methods (largest
+difference 4.6e-5 on bounds near -84, relative 1.5e-6 at most). For l_2 on cnn-small trustlab's bounds are tighter
+by up to 4%: auto_LiRPA 0.3 bounds the first convolution with each channel's kernel norm, which over-estimates the
+dual norm of the rows cut by the zero padding at the border, where trustlab uses the exact row norms; with that
+first-layer bound substituted, trustlab's CROWN agrees with auto_LiRPA to 2.9e-6. On the MLP, l_2 agrees too.
+
 auto_LiRPA is not a dependency of trustlab. The newest release on PyPI (0.3, 2021) pins torch < 1.13 and
 numpy < 2; run this in a separate environment with two one-line patches for torch 2.x:
 
