@@ -37,8 +37,15 @@ class NumericalError(TrustlabError, ArithmeticError):
     """NaN or Inf appeared in logits or a loss (the message gives the step)."""
 
 
-class UnsupportedLayerError(TrustlabError, TypeError):
-    """A certifier met a layer it cannot bound soundly."""
+class UnsupportedLayerError(TrustlabError, ValueError, TypeError):
+    """A certifier met layers it cannot bound soundly; ``ops`` names every one of them.
+
+    A ``ValueError`` (the model is a bad value for the certifier) and, as before, a ``TypeError``.
+    """
+
+    def __init__(self, message: str, ops: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.ops = tuple(ops)
 
 
 class RunInUseError(TrustlabError):
