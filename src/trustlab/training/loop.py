@@ -7,6 +7,7 @@ of the reliability notes checks).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     *,
-    objective: Objective,
+    objective: Objective | Callable[[float], Objective],
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     desc: str = "train",
@@ -43,7 +44,9 @@ def train_epoch(
     """Train ``model`` for one pass over ``loader``; returns the epoch's mean loss and accuracy.
 
     Args:
-        objective: ``(model, x, y, *, generator) -> (loss, logits)``, a defense bound to the epoch's threat.
+        objective: ``(model, x, y, *, generator) -> (loss, logits)``, a defense bound to the epoch's threat; or,
+            for a per-batch schedule (an eps ramp), a function of the fraction of the epoch done after the batch,
+            ``(step + 1) / len(loader)``, returning that batch's objective.
         generator: the RNG stream of the objective's randomness (random starts) for this epoch.
         device: where the batches are moved (the model's device). A loader may yield ``(x, y)`` or
             ``(x, y, idx)``.
@@ -57,7 +60,8 @@ def train_epoch(
     for step, batch in enumerate(bar):
         x, y = batch[0].to(device), batch[1].to(device)
         model.train()
-        loss, logits = objective(model, x, y, generator=generator)
+        batch_objective = objective if isinstance(objective, Objective) else objective((step + 1) / len(loader))
+        loss, logits = batch_objective(model, x, y, generator=generator)
         if not torch.isfinite(loss):
             raise NumericalError(f"training loss is {loss.item()} at batch {step} ({desc})")
         optimizer.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ import logging
 import shutil
 import time
 from contextlib import ExitStack
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from trustlab.runs.folder import (LOCK, MARKER, check_overwritable, is_run, read
 from trustlab.seeding import derive_generator, derive_seed
 from trustlab.threat import LpBall
 from trustlab.training.config import TrainConfig, migrate_legacy
-from trustlab.training.defenses import Defense, option_prefix
+from trustlab.training.defenses import Defense, Objective, option_prefix
 from trustlab.training.loop import train_epoch
 from trustlab.training.optimizers import build_optimizer, build_scheduler
 from trustlab.training.state import check_train_state, train_state
@@ -54,6 +54,7 @@ _VAL_CHECK_N = 1000  # validation examples for the defense's per-epoch check (PG
 _BEST_DIR = "best"  # <run>/best/checkpoints/: the best epoch so far (keep_best)
 _FINAL = "final"  # the checkpoint holding the selected epoch's weights (keep_best)
 _TRANSFORM_SEED_KEY = 13  # the stream of a training-set transformation: derive_generator(seed, 13)
+_INIT_SEED_KEY = 17  # the stream of a defense's re-initialization of a new run's weights (Defense.initialize)
 
 
 def identity_of(config: TrainConfig, splits: Splits) -> dict[str, Any]:
@@ -168,12 +169,29 @@ def _validate(model, splits: Splits, threat: LpBall, config: TrainConfig, epoch:
                                    generator=derive_generator(config.seed, epoch, 2, device=device))
 
 
-def _defense_at(config: TrainConfig, epoch: int) -> tuple[LpBall, Defense]:
-    """This epoch's threat and defense. During the warm-up eps ramps up linearly from 0, and a step size given
-    for the full eps shrinks with it (a fixed step would be 4x eps in the first epoch of a 4-epoch ramp, which
-    turns FGSM-RS into FGSM to a corner of the ball)."""
-    ramp = 1.0 if config.eps_warmup_epochs == 0 else min(1.0, (epoch + 1) / config.eps_warmup_epochs)
+def _defense_at(config: TrainConfig, epoch: int, fraction: float = 1.0) -> tuple[LpBall, Defense]:
+    """The threat and defense of ``epoch`` once ``fraction`` of it is done. During the warm-up eps ramps up
+    linearly from 0, and a step size given for the full eps shrinks with it (a fixed step would be 4x eps in the
+    first epoch of a 4-epoch ramp, which turns FGSM-RS into FGSM to a corner of the ball). The ramp is a
+    staircase of epochs, ``(epoch + 1) / W``, unless the defense ramps per step (``ramp_per_step``):
+    then it is ``(epoch + fraction) / W``, the same value at the end of each epoch."""
+    done = epoch + fraction if config.defense.ramp_per_step else epoch + 1
+    ramp = 1.0 if config.eps_warmup_epochs == 0 else min(1.0, done / config.eps_warmup_epochs)
     return LpBall(config.eps * ramp, config.p), config.defense.scaled(ramp)
+
+
+def _objective_at(config: TrainConfig, epoch: int) -> Objective | Callable[[float], Objective]:
+    """What :func:`train_epoch` descends on in ``epoch``: the epoch's objective, or a per-batch one while a
+    defense that ramps per step is in its warm-up."""
+    if not config.defense.ramp_per_step or epoch + 1 > config.eps_warmup_epochs:
+        threat, defense = _defense_at(config, epoch)
+        return defense.objective(threat)
+
+    def at(fraction: float) -> Objective:
+        threat, defense = _defense_at(config, epoch, fraction)
+        return defense.objective(threat)
+
+    return at
 
 
 def train_run(
@@ -286,6 +304,7 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
             **({"data_transform": transform_record["transform"]} if transform_record else {})})
         if transform_record is not None:
             writer.json("data_transform.json", transform_record)
+        config.defense.initialize(model, generator=derive_generator(config.seed, _INIT_SEED_KEY))
 
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
@@ -294,7 +313,7 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
             sampler.set_epoch(epoch)
         threat, defense = _defense_at(config, epoch)
         result = train_epoch(
-            model, loader, optimizer, scheduler, objective=defense.objective(threat), device=device,
+            model, loader, optimizer, scheduler, objective=_objective_at(config, epoch), device=device,
             generator=derive_generator(config.seed, epoch, 1, device=device),
             desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
         )

@@ -5,6 +5,8 @@
 - ``fgsm-rs``: FGSM from a uniform random start (Wong, Rice & Kolter 2020).
 - ``pgd``: PGD with random start (Madry et al. 2018).
 - ``trades``: clean CE plus beta * KL to the adversarial prediction (Zhang et al. 2019).
+- ``ibp``: clean CE mixed with the verified loss on IBP margin bounds (Gowal et al. 2018).
+- ``crown-ibp``: the same on a mix of CROWN-IBP and IBP margin bounds (Zhang et al. 2020).
 """
 
 from trustlab.training.defenses.base import (
@@ -12,6 +14,7 @@ from trustlab.training.defenses.base import (
     split_prefixed,
 )
 from trustlab.training.defenses import erm, fgsm, fgsm_rs, pgd, trades  # noqa: F401  (registration)
+from trustlab.training.defenses import ibp, crown_ibp  # noqa: F401  (registration, in this order)
 
 __all__ = ["DEFENSES", "Defense", "Objective", "build_defense", "defense_names", "option_prefix",
            "register_defense", "robust_check", "split_prefixed"]

@@ -6,6 +6,10 @@ Bound to the epoch's threat it becomes an :class:`Objective`, ``(model, x, y, *,
 the loop only descends on the loss, so ERM, adversarial training, TRADES, certified or noise training all fit.
 Each defense also chooses the validation metric that the per-epoch check measures and that ``keep_best``
 selects on.
+
+Two optional hooks serve defenses with a schedule of their own (certified training): :meth:`Defense.initialize`
+re-initializes a new run's weights before its first step, and ``ramp_per_step = True`` asks the loop to ramp eps
+(and call :meth:`Defense.scaled`) at every batch of the eps warm-up instead of once per epoch.
 """
 
 from __future__ import annotations
@@ -36,11 +40,15 @@ class Defense:
         name: the registry name (``"pgd"``).
         adversarial: whether the defense trains against the threat (needs ``eps > 0``).
         selection_metric: the key of :meth:`validate`'s result that ``keep_best`` maximizes, or ``None``.
+        ramp_per_step: during the eps warm-up, ramp eps linearly per batch (``True``) rather than per epoch
+            (``False``, a staircase whose step is the epoch); both reach ``(e + 1) / W`` of eps at the end of
+            epoch ``e`` of a ``W``-epoch warm-up.
     """
 
     name: ClassVar[str] = ""
     adversarial: ClassVar[bool] = True
     selection_metric: ClassVar[str | None] = "val_pgd_acc"
+    ramp_per_step: ClassVar[bool] = False
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, threat: LpBall,
              generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -52,6 +60,10 @@ class Defense:
         full eps shrinks with it, so the ratio step / eps the recipe chose holds at every epoch."""
         step = getattr(self, "step_size", None)
         return self if step is None or ramp == 1.0 else dataclasses.replace(self, step_size=step * ramp)
+
+    def initialize(self, model: nn.Module, *, generator: torch.Generator) -> None:
+        """Re-initialize a new run's freshly built ``model`` in place before its first step (default: nothing).
+        Not called on a resume, whose weights come from the checkpoint."""
 
     def objective(self, threat: LpBall) -> "Objective":
         """This defense bound to ``threat``."""
