@@ -18,6 +18,7 @@ from trustlab.training import TrainConfig, train_run
 
 PGD = {"steps": 3}
 attack_module = importlib.import_module("trustlab.evaluation.attack_run")  # the package exports the function
+record_set_module = importlib.import_module("trustlab.evaluation.record_set")  # where results are written
 
 
 class _Killed(BaseException):
@@ -51,7 +52,7 @@ def test_data08_killed_write_leaves_no_half_result_and_reuse_needs_an_exact_matc
     def killed(*args, **kwargs):
         raise _Killed
 
-    monkeypatch.setattr(attack_module, "write_records", killed)
+    monkeypatch.setattr(record_set_module, "write_records", killed)
     with pytest.raises(_Killed):
         attack_run(run, "pgd", LpBall(0.1), PGD, progress=False)
     assert {f.name: sorted(p.name for p in f.iterdir()) for f in _results(run)} == before

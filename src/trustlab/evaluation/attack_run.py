@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,13 +32,14 @@ from trustlab.attacks.base import threat_dict
 from trustlab.attacks.ensemble import Ensemble, ensemble_with_log
 from trustlab.attacks.wrappers import through_bpda
 from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
-from trustlab.data import make_splits
 from trustlab.device import resolve_device, runtime_info
 from trustlab.errors import NumericalError
 from trustlab.evaluation.checks import MODEL_CHECKS, run_checks
+from trustlab.evaluation.record_set import (check_run, check_subset, commit_record_set, committed_summary,
+                                            evaluation_examples)
 from trustlab.progress import progress_bar
-from trustlab.runs import atomic_write_bytes, config_hash, read_json, versions, write_json, write_records
-from trustlab.runs.folder import MARKER, commit_folder, is_run, run_lock
+from trustlab.runs import config_hash, versions
+from trustlab.runs.folder import run_lock
 from trustlab.seeding import derive_generator
 from trustlab.threat import LpBall
 from trustlab.validation import check_positive_int
@@ -206,11 +205,8 @@ def attack_run(
         FileNotFoundError: ``run_dir`` is not a trustlab run or has no checkpoint.
         RunInUseError: another process is writing the run.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not is_run(run_dir):
-        raise FileNotFoundError(f"no valid checkpoint found in {run_dir}: it is not a trustlab run folder (no {MARKER})")
-    if isinstance(subset, bool) or not (subset is None or isinstance(subset, int) and subset >= 1):
-        raise ValueError(f"subset must be an int >= 1, got {subset!r}")
+    run_dir = check_run(run_dir)
+    check_subset(subset)
     check_positive_int(batch_size, "batch_size")
     if not isinstance(bpda, bool):
         raise TypeError(f"bpda must be a bool, got {bpda!r}")
@@ -224,19 +220,13 @@ def attack_run(
         out = run_dir / "attacks" / attack_id(name, threat, params, seed=seed, subset=subset, batch_size=batch_size,
                                               bpda=bpda)
         if reuse:
-            done = _committed(out, identity, checkpoint)
+            done = committed_summary(out, identity, checkpoint)
             if done is not None:
                 return done
         dev = resolve_device(device)
         model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
         attacked = through_bpda(model) if bpda else model  # same forward values; BPDA only changes gradients
-        train_cfg = read_json(run_dir / "config.json")["config"]
-        splits = make_splits(train_cfg["dataset"], root=root or train_cfg.get("root"),
-                             val_size=train_cfg.get("val_size"), seed=train_cfg["seed"], subset=train_cfg.get("subset"))
-        x, y = splits.test
-        if subset is not None:  # a prefix of the run's test split, so record indices agree across evaluations
-            x, y = x[:subset], y[:subset]
-        x, y = x.to(dev), y.to(dev)
+        x, y = (t.to(dev) for t in evaluation_examples(run_dir, root=root, subset=subset))
         log.info("attack %s on %d test examples of %s (%s)", name, len(x), run_dir, dev)
         t0 = time.perf_counter()
         members = None
@@ -260,32 +250,8 @@ def attack_run(
     return summary
 
 
-def _committed(out: Path, identity: dict[str, Any], checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary of the committed evaluation in ``out`` if it is exactly ``identity`` on ``checkpoint``."""
-    try:
-        done, cfg = read_json(out / "summary.json"), read_json(out / "config.json")
-    except (OSError, ValueError):
-        return None
-    if not isinstance(cfg, dict) or not isinstance(done, dict):
-        return None
-    same = all(cfg.get(k) == v for k, v in identity.items())
-    return done if same and cfg.get("checkpoint") == checkpoint else None
-
-
 def _commit(out: Path, config: dict[str, Any], records: list[dict[str, Any]], examples: bytes,
             summary: dict[str, Any], checks: dict[str, Any]) -> None:
     """Write the evaluation into ``attacks/.<id>.<random>.tmp/`` and rename it to ``out`` in one step."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(".*.tmp"):  # left by a killed evaluation (we hold the run's lock)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    try:
-        write_json(tmp / "config.json", config)
-        write_records(tmp / "records.jsonl", records)
-        atomic_write_bytes(tmp / "examples.safetensors", examples)
-        write_json(tmp / "checks.json", checks)
-        write_json(tmp / "summary.json", summary)
-        commit_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    commit_record_set(out, {"config.json": config, "records.jsonl": records, "examples.safetensors": examples,
+                            "checks.json": checks, "summary.json": summary})

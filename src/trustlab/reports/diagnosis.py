@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trustlab.reports.kinds import record_kinds
 from trustlab.reports.metrics import accuracy_vs_eps, attack_families, same_eps, worst_case
 from trustlab.reports.runs import BPDA_SUFFIX, AttackView, RunView, norm_label
 
@@ -123,7 +124,7 @@ def diagnose_run(
     single_step_defenses: Sequence[str] | None = SINGLE_STEP_DEFENSES,
 ) -> list[Flag]:
     """The sanity flags of one run, from its attack records, then the model-level flags its evaluations recorded
-    (:func:`model_flags`).
+    (:func:`model_flags`), then the flags of every registered record kind's own checks (``RecordKind.flags``).
 
     Args:
         run: the run and its evaluations.
@@ -158,6 +159,9 @@ def diagnose_run(
     for views in attack_families(run.attacks).values():
         flags.append(_non_monotone(run, views, tolerance))
     flags += model_flags(run)
+    for kind in record_kinds():  # checks across kinds, such as EVAL-14 (certified but broken)
+        if kind.flags is not None:
+            flags += kind.flags(run)
     return [f for f in flags if f is not None]
 
 

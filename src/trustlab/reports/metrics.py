@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -116,7 +116,8 @@ def attack_families(attacks: Sequence[AttackView]) -> dict[tuple[str, float], li
     return groups
 
 
-def accuracy_vs_eps(attacks: Sequence[AttackView], *, include_clean: bool = True) -> EpsCurve:
+def accuracy_vs_eps(attacks: Sequence[AttackView], *, include_clean: bool = True, any_attack: bool = False,
+                    only: Collection[int] | None = None) -> EpsCurve:
     """Robust accuracy at each budget of one attack family, monotone by construction (EVAL-05b).
 
     Several evaluations at the same budget (say PGD with 10 and 40 steps) are combined per example by
@@ -126,18 +127,22 @@ def accuracy_vs_eps(attacks: Sequence[AttackView], *, include_clean: bool = True
     Args:
         attacks: evaluations sharing the attack name and norm, at one or more budgets.
         include_clean: prepend ``eps = 0`` with the clean accuracy when no evaluation is at ``eps = 0``.
+        any_attack: allow evaluations of different attacks (of one norm): the curve is then the per-example worst
+            case over every attack at each budget, the empirical upper bound of robust accuracy.
+        only: keep only the examples with these ``idx`` (those a certificate covers, say).
 
     Returns:
-        An :class:`EpsCurve` over the examples every evaluation shares.
+        An :class:`EpsCurve` over the examples every evaluation shares (within ``only``).
 
     Raises:
-        ValueError: no evaluations, or evaluations of different attacks or norms.
+        ValueError: no evaluations, evaluations of different norms (or attacks, unless ``any_attack``), or no
+            shared example.
     """
     if len(attacks) == 0:
         raise ValueError("attacks is empty; need at least one evaluation")
-    families = sorted({(a.name, norm_label(a.p)) for a in attacks})
+    families = sorted({("*" if any_attack else a.name, norm_label(a.p)) for a in attacks})
     if len(families) > 1:
-        raise ValueError(f"attacks must share the attack name and norm, got {families}")
+        raise ValueError(f"attacks must share the {'norm' if any_attack else 'attack name and norm'}, got {families}")
     levels: list[tuple[float, list[AttackView]]] = []
     for a in sorted(attacks, key=lambda v: v.eps):
         if levels and same_eps(levels[-1][0], a.eps):
@@ -145,7 +150,7 @@ def accuracy_vs_eps(attacks: Sequence[AttackView], *, include_clean: bool = True
         else:
             levels.append((a.eps, [a]))
     cases = [{r["idx"]: r for r in worst_case({v.id: v.records for v in views})} for _, views in levels]
-    shared = sorted(set.intersection(*(set(c) for c in cases)))
+    shared = sorted(set.intersection(*(set(c) for c in cases), *([set(map(int, only))] if only is not None else [])))
     if not shared:
         raise ValueError(f"the evaluations {[a.id for a in attacks]} share no example idx")
     robust = np.array([[c[i]["robust"] for i in shared] for c in cases], dtype=bool)  # (E, N)

@@ -33,7 +33,9 @@ from trustlab.threat import parse_p
 __all__ = ["build_report", "report_kinds", "Section", "SECTION_IDS"]
 
 log = logging.getLogger(__name__)
-SECTION_IDS = tuple(sid for kind in builtin_kinds() for sid in kind.section_ids)  # in report order
+# the sections every report has, in report order (a kind that reports only when present adds its own after)
+SECTION_IDS = tuple(sid for kind in builtin_kinds() if kind.folder is None or kind.report_when_absent
+                    for sid in kind.section_ids)
 
 
 def report_kinds(runs: Sequence[RunView]) -> tuple[RecordKind, ...]:

@@ -11,6 +11,7 @@ __all__ = ["COMMAND_MODULES", "commands"]
 COMMAND_MODULES = (
     "trustlab.cli.commands.train",
     "trustlab.cli.commands.attack",
+    "trustlab.cli.commands.verify",
     "trustlab.cli.commands.matrix",
     "trustlab.cli.commands.report",
     "trustlab.cli.commands.optim",

@@ -14,6 +14,9 @@ Today's kinds:
 - ``attack`` (:mod:`trustlab.reports.kinds.attack`): one record set per ``RUN/attacks/<id>/``: the attack
   columns, the matrix, diagnosis, accuracy-vs-eps curves, per-class accuracy, example grids, and each run's
   attack tables in the runs section.
+- ``certificate`` (:mod:`trustlab.reports.kinds.certificate`): one record set per ``RUN/certificates/<id>/``
+  (``trustlab verify``): a ``certified-<method>`` column per bound method (a lower bound, outside the attack worst
+  case), certified-vs-attack accuracy curves and table, and the EVAL-14 cross-check (certified but broken).
 
 Adding a kind takes one new module that defines ``KIND = RecordKind(...)`` and one line: its module name in
 :data:`KIND_MODULES`. Code outside trustlab (and tests) can call :func:`register_kind` / :func:`unregister_kind`.
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trustlab.reports.body import Fragment
+    from trustlab.reports.diagnosis import Flag
     from trustlab.reports.html import Section
     from trustlab.reports.runs import RunView
 
@@ -47,7 +51,8 @@ __all__ = [
     "unregister_kind",
 ]
 
-KIND_MODULES = ("trustlab.reports.kinds.training", "trustlab.reports.kinds.attack")  # each defines KIND
+KIND_MODULES = ("trustlab.reports.kinds.training", "trustlab.reports.kinds.attack",
+                "trustlab.reports.kinds.certificate")  # each defines KIND
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _registry: dict[str, RecordKind] = {}
 _builtins: list[RecordKind] = []
@@ -153,6 +158,9 @@ class RecordKind:
         sections: ``(id, build)`` pairs; ``build(ReportContext) -> ReportPart`` builds the section with that id.
         run_part: ``(run, ReportContext) -> Fragment``: what the kind adds to each run's entry of the runs
             section (its tables and numbers); None adds nothing.
+        checks: the record checks the kind adds to the diagnosis, code -> description.
+        flags: ``run -> flags``: the kind's checks on one run (:class:`~trustlab.reports.diagnosis.Flag` values);
+            :func:`~trustlab.reports.diagnosis.diagnose_run` adds them to the run's flags. None adds nothing.
         order: reports build kinds by ascending ``order`` (then name), each kind's sections in their order.
         report_when_absent: build the sections even when no run holds a record set of this kind (they then say
             why they are empty); otherwise a kind no run holds adds nothing to a report.
@@ -169,6 +177,8 @@ class RecordKind:
     metrics: Callable[[RunView, float | None, float | None], Mapping[str, Cell]] = _no_metrics
     sections: tuple[tuple[str, Callable[[ReportContext], ReportPart]], ...] = ()
     run_part: Callable[[RunView, ReportContext], Fragment] | None = None
+    checks: Mapping[str, str] = field(default_factory=dict)
+    flags: Callable[[RunView], Sequence[Flag]] | None = None
     order: int = 100
     report_when_absent: bool = False
 

@@ -109,7 +109,8 @@ def _diagnosis_section(ctx: ReportContext) -> ReportPart:
         body.text("No flag raised: every check below passed on every run (checks need the attacks they compare, "
                   "so a run with few evaluations is checked less).")
     body.text("Checks run on the records:")
-    body.bullets([f"{code}: {desc}" for code, desc in CHECKS.items()])
+    checks = {**CHECKS, **{code: desc for kind in ctx.kinds for code, desc in kind.checks.items()}}
+    body.bullets([f"{code}: {desc}" for code, desc in checks.items()])
     model_checks = _model_checks(ctx.runs)
     if model_checks:
         body.text("Checks run on the model at attack time, on the first inputs of each evaluation (checks.json):")

@@ -1,0 +1,147 @@
+"""``trustlab verify``: certify a trained run's model on its test split and write per-example certificate records.
+
+Each certification lands in ``RUN/certificates/<id>/`` with ``config.json`` (the bound method and every setting,
+the threat, the subset, ``margin_tol``, the checkpoint and its sha256, versions), ``records.jsonl`` (one row per
+example: ``idx, y, pred, correct, verdict, certified, min_margin_lower, margin_lower, seconds``) and
+``summary.json`` (certified and clean accuracy, mean smallest margin bound, seconds). ``<id>`` is a readable prefix
+plus a hash of the configuration, so certifications that differ in anything never share a folder; the batch size
+is recorded but not part of it (bounds do not depend on it, CERT-10). The folder is committed in one rename under
+the run's lock, as attack evaluations are (:mod:`trustlab.evaluation.attack_run`).
+
+The examples are the first ``subset`` of the run's test split, the same prefix ``trustlab attack --subset`` takes,
+so certificate and attack records of one run match by ``idx`` (the report's EVAL-14 cross-check relies on it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from trustlab.attacks import predict_proba
+from trustlab.attacks.base import threat_dict
+from trustlab.certify import MARGIN_TOL, Certificate, Method, certify
+from trustlab.certify.registry import resolve_method
+from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
+from trustlab.device import resolve_device, runtime_info
+from trustlab.evaluation.record_set import (check_run, check_subset, commit_record_set, committed_summary,
+                                            evaluation_examples)
+from trustlab.runs import config_hash, versions
+from trustlab.runs.folder import run_lock
+from trustlab.threat import LpBall
+from trustlab.validation import check_nonneg_float, check_positive_int
+
+__all__ = ["certificate_config", "certificate_id", "certificate_rows", "certify_run", "CERTIFICATES_DIR",
+           "DEFAULT_BATCH_SIZE"]
+
+log = logging.getLogger(__name__)
+CERTIFICATES_DIR = "certificates"  # RUN/certificates/<id>/
+DEFAULT_BATCH_SIZE = 256
+
+
+def certificate_config(method: str | Method, threat: LpBall, *, subset: int | None,
+                       margin_tol: float = MARGIN_TOL) -> dict[str, Any]:
+    """What makes two certifications the same: the method with every setting, the threat, the subset and the
+    margin a certificate needs. The checkpoint is checked apart, by its sha256."""
+    config = resolve_method(method)
+    return {"method": config.to_dict(), "name": config.name, "threat": threat_dict(threat), "subset": subset,
+            "margin_tol": margin_tol}
+
+
+def certificate_id(method: str | Method, threat: LpBall, *, subset: int | None, margin_tol: float = MARGIN_TOL) -> str:
+    """The folder of a certification, e.g. ``crown-linf-eps0.1-n1000-1f2e3d4c5b``: a readable prefix and a hash
+    of :func:`certificate_config`."""
+    config = certificate_config(method, threat, subset=subset, margin_tol=margin_tol)
+    norm = "linf" if threat.p == math.inf else "l2"
+    return f"{config['name']}-{norm}-eps{threat.eps:g}-n{subset or 'all'}-{config_hash(config)[:10]}"
+
+
+def certificate_rows(certificates: list[Certificate], pred: list[int]) -> list[dict[str, Any]]:
+    """One flat record per certificate, with the model's clean prediction ``pred`` of the same example.
+
+    ``correct`` is ``pred == y``; ``certified`` implies it (a misclassified example is FALSIFIED). Infinite margin
+    bounds are written as null.
+
+    Raises:
+        ValueError: ``pred`` does not have one entry per certificate.
+    """
+    if len(pred) != len(certificates):
+        raise ValueError(f"pred must have one entry per certificate ({len(certificates)}), got {len(pred)}")
+    rows = []
+    for c, p in zip(certificates, pred):
+        record = c.to_record()
+        rows.append({"idx": c.index, "y": c.label, "pred": int(p), "correct": int(p) == c.label,
+                     "verdict": c.verdict.value, "certified": c.certified,
+                     "min_margin_lower": record["min_margin_lower"], "margin_lower": record["margin_lower"],
+                     "seconds": c.seconds})
+    return rows
+
+
+def certify_run(
+    run_dir: Path, method: str | Method, threat: LpBall, *, subset: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE, margin_tol: float = MARGIN_TOL, root: str | None = None,
+    device: str = "auto", reuse: bool = False,
+) -> dict[str, Any]:
+    """Certify the run's latest (final) checkpoint on its test split and commit ``RUN/certificates/<id>/``.
+
+    Args:
+        run_dir: a run folder written by ``trustlab train``.
+        method: a bound method's name (``"ibp"``, ``"crown-ibp"``, ``"crown"``, ``"alpha-crown"``) or configuration.
+        threat: the l_inf or l_2 ball and the input box.
+        subset: certify the first ``subset`` test examples; None for all.
+        batch_size: examples bounded together.
+        margin_tol: the margin lower bound a certificate needs.
+        root: the data root (default: the run's, then ``$TRUSTLAB_DATA``).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        reuse: return a committed certification with exactly this configuration on the same checkpoint as is.
+
+    Returns:
+        The summary: ``method, n, clean_acc, certified_acc, mean_min_margin_lower, seconds,
+        seconds_per_example, checkpoint, checkpoint_sha256``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a trustlab run or has no checkpoint.
+        ValueError: an unknown method (the message lists the valid ones) or an invalid setting.
+        UnsupportedLayerError: the model has layers the method cannot bound (listed), before any bound.
+        NumericalError: a bound exceeds the margin at ``x`` itself (an unsound bound: a bug).
+        RunInUseError: another process is writing the run.
+    """
+    run_dir = check_run(run_dir)
+    check_subset(subset)
+    check_positive_int(batch_size, "batch_size")
+    margin_tol = check_nonneg_float(margin_tol, "margin_tol")
+    identity = certificate_config(method, threat, subset=subset, margin_tol=margin_tol)
+    with run_lock(run_dir):
+        ckpt_dir = latest_checkpoint(run_dir)
+        if ckpt_dir is None:
+            raise FileNotFoundError(f"no valid checkpoint found in {run_dir}")
+        checkpoint = checkpoint_ref(ckpt_dir)
+        out = run_dir / CERTIFICATES_DIR / certificate_id(method, threat, subset=subset, margin_tol=margin_tol)
+        if reuse and (done := committed_summary(out, identity, checkpoint)) is not None:
+            return done
+        dev = resolve_device(device)
+        model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
+        x, y = (t.to(dev) for t in evaluation_examples(run_dir, root=root, subset=subset))
+        log.info("certify %s on %d test examples of %s (%s)", identity["name"], len(x), run_dir, dev)
+        t0 = time.perf_counter()
+        certificates = certify(model, x, y, threat, method=method, batch_size=batch_size, margin_tol=margin_tol)
+        seconds = time.perf_counter() - t0
+        pred = predict_proba(model, x, batch_size=batch_size).argmax(1).tolist()
+        records = certificate_rows(certificates, pred)
+        summary = _summary(identity["name"], records, seconds, ckpt_dir.name, checkpoint["sha256"])
+        config = {**identity, "batch_size": batch_size, "checkpoint": checkpoint, "run": str(run_dir),
+                  "runtime": runtime_info(dev), "versions": versions()}
+        commit_record_set(out, {"config.json": config, "records.jsonl": records, "summary.json": summary})
+    return summary
+
+
+def _summary(method: str, records: list[dict[str, Any]], seconds: float, checkpoint: str,
+             sha256: str) -> dict[str, Any]:
+    n = len(records)
+    finite = [r["min_margin_lower"] for r in records if r["min_margin_lower"] is not None]
+    return {"method": method, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
+            "certified_acc": sum(r["certified"] for r in records) / n,
+            "mean_min_margin_lower": sum(finite) / len(finite) if finite else None, "seconds": seconds,
+            "seconds_per_example": seconds / n, "checkpoint": checkpoint, "checkpoint_sha256": sha256}
