@@ -42,11 +42,13 @@ def _training_section(ctx: ReportContext) -> ReportPart:
         body.heading(run.name)
         selected = run.summary.get("selected_epoch")
         png = plots.plot_training(history, title=f"training: {run.name} ({run.label})", selected=selected)
-        kept = (f" The run kept the weights of epoch {selected}, its best validation PGD accuracy at full eps."
+        check = "verified" if any("val_verified_acc" in h for h in history) else "PGD"  # certified training
+        kept = (f" The run kept the weights of epoch {selected}, its best validation {check} accuracy at full eps."
                 if selected is not None and selected != history[-1].get("epoch") else "")
         body.figure(png, f"training-{slug(i, run.name)}.png", alt=f"training curves of {run.name}",
                     caption="Accuracy per epoch (train on the inputs trained on, i.e. adversarial ones for "
-                            "adversarial training; clean train; validation; validation PGD-10 at the epoch's "
+                            "adversarial training and verified on the batch for certified training; clean train; "
+                            "validation; validation PGD-10 (and verified, for certified training) at the epoch's "
                             "eps; test) and the training loss." + kept)
         columns = [c for c in _HISTORY_COLUMNS if any(c in h for h in history)]
         extra = sorted({k for h in history for k in h if k.startswith("val_") and k.endswith("_acc")} - set(columns))
