@@ -22,6 +22,10 @@ _HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "train_clean_acc", "val_
                     "generalization_gap", "train_eps", "lr", "epoch_seconds")
 _HISTORY_PERCENT = {"train_acc", "train_clean_acc", "val_acc", "val_pgd_acc", "test_acc", "generalization_gap"}
 _HISTORY_FMT = {"train_loss": ".4f", "train_eps": "g", "lr": ".3g", "epoch": "g"}
+_CAPTION = ("Accuracy per epoch (train on the inputs trained on, i.e. adversarial ones for adversarial training; "
+            "clean train; validation; validation PGD-10 at the epoch's eps; test) and the training loss.")
+_CERTIFIED_CAPTION = ("Accuracy per epoch (train: verified on the training batches at the batch's eps; clean train; "
+                      "validation; validation verified and PGD-10 at the epoch's eps; test) and the training loss.")
 
 
 def _columns(runs: Sequence[RunView]) -> tuple[str, ...]:
@@ -46,10 +50,7 @@ def _training_section(ctx: ReportContext) -> ReportPart:
         kept = (f" The run kept the weights of epoch {selected}, its best validation {check} accuracy at full eps."
                 if selected is not None and selected != history[-1].get("epoch") else "")
         body.figure(png, f"training-{slug(i, run.name)}.png", alt=f"training curves of {run.name}",
-                    caption="Accuracy per epoch (train on the inputs trained on, i.e. adversarial ones for "
-                            "adversarial training and verified on the batch for certified training; clean train; "
-                            "validation; validation PGD-10 (and verified, for certified training) at the epoch's "
-                            "eps; test) and the training loss." + kept)
+                    caption=(_CERTIFIED_CAPTION if check == "verified" else _CAPTION) + kept)
         columns = [c for c in _HISTORY_COLUMNS if any(c in h for h in history)]
         extra = sorted({k for h in history for k in h if k.startswith("val_") and k.endswith("_acc")} - set(columns))
         at = columns.index("test_acc") if "test_acc" in columns else len(columns)
