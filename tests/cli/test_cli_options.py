@@ -39,7 +39,7 @@ def test_abbreviated_options_are_refused(tmp_path):
 
 def test_enumerated_flags_list_their_choices_in_help():
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
-    for choices in ("{none,fgsm,fgsm-rs,pgd,trades,ibp,crown-ibp}", "{auto,cpu,cuda}", "{sgd,momentum,adam,adamw}", "{inf,2}"):
+    for choices in ("{none,fgsm,fgsm-rs,pgd,trades,ibp,crown-ibp,noise}", "{auto,cpu,cuda}", "{sgd,momentum,adam,adamw}", "{inf,2}"):
         assert choices in help_text.replace("\n", "").replace(" ", ""), choices
     attack_help = build_parser()._subparsers._group_actions[0].choices["attack"].format_help()
     assert "{apgd,apgd-t,ensemble,fab,fab-t,fgsm,fgsm-rs,linear,pgd,square}" in attack_help

@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "trustlab.cli.commands.train",
     "trustlab.cli.commands.attack",
     "trustlab.cli.commands.verify",
+    "trustlab.cli.commands.smooth",
     "trustlab.cli.commands.matrix",
     "trustlab.cli.commands.report",
     "trustlab.cli.commands.optim",

@@ -17,6 +17,9 @@ Today's kinds:
 - ``certificate`` (:mod:`trustlab.reports.kinds.certificate`): one record set per ``RUN/certificates/<id>/``
   (``trustlab verify``): a ``certified-<method>`` column per bound method (a lower bound, outside the attack worst
   case), certified-vs-attack accuracy curves and table, and the EVAL-14 cross-check (certified but broken).
+- ``smoothing`` (:mod:`trustlab.reports.kinds.smoothing`): one record set per ``RUN/smoothing/<id>/``
+  (``trustlab smooth``): certified accuracy of the smoothed classifier against the radius per sigma, its table at
+  radii 0..2 with the average certified radius, and the per-example guarantee and floating-point caveat.
 
 Adding a kind takes one new module that defines ``KIND = RecordKind(...)`` and one line: its module name in
 :data:`KIND_MODULES`. Code outside trustlab (and tests) can call :func:`register_kind` / :func:`unregister_kind`.
@@ -52,7 +55,7 @@ __all__ = [
 ]
 
 KIND_MODULES = ("trustlab.reports.kinds.training", "trustlab.reports.kinds.attack",
-                "trustlab.reports.kinds.certificate")  # each defines KIND
+                "trustlab.reports.kinds.certificate", "trustlab.reports.kinds.smoothing")  # each defines KIND
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _registry: dict[str, RecordKind] = {}
 _builtins: list[RecordKind] = []
