@@ -19,7 +19,6 @@ so abstentions count as incorrect (RS-10).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
