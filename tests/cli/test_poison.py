@@ -71,3 +71,13 @@ def test_inp17_bad_rate_is_a_one_line_error(tmp_path, capsys):
     assert main(["--quiet", "poison", "backdoor", *TRAIN, "--rate", "0.0001", "--target", "0",
                  "--out", str(tmp_path / "r")]) != 0
     assert "no poison sample generated" in capsys.readouterr().err
+
+
+def test_report_has_the_poisoning_section_from_records(run, tmp_path, capsys):
+    assert main(["--quiet", "poison", "defend", str(run), "--method", "activation-clustering"]) == 0
+    assert main(["--quiet", "report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Data poisoning and backdoors" in md and "| activation-clustering |" in md and "baseline ASR" in md
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())["poisoning"]
+    assert len(data["backdoor"]) == 1 and {r["method"] for r in data["defend"]} >= {"activation-clustering"}
+    assert any(p.name.startswith("poisoning-") for p in (tmp_path / "rep" / "figures").iterdir())
