@@ -151,12 +151,14 @@ def _detect(method: str, reps: torch.Tensor, y: torch.Tensor, *, eps: float, see
 
 
 def defend_run(run_dir: Path, method: str, *, out: Path, baseline: Path | None = None, root: str | None = None,
-               seed: int = 0, progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
+               epsilon: float | None = None, seed: int = 0, progress: bool = False,
+               overwrite: bool = False) -> dict[str, Any]:
     """Flag poisoned points of a backdoored run, retrain without them into ``out``, and commit
     ``RUN/poisoning/defend-<method>-<hash>/``.
 
-    The spectral defense's epsilon is the poisoned share of the target class (``n_poisoned / n_target``, the
-    paper's known budget); activation clustering needs none.
+    The spectral defense's epsilon is by default the poisoned share of the target class (``n_poisoned /
+    n_target`` in the poisoned set, the paper's known budget); it removes ``floor(1.5 * epsilon * n_c)`` points
+    of *every* class ``c``, so a large share costs clean points too. Activation clustering needs none.
 
     Args:
         run_dir: a run trained by :func:`backdoor_train`.
@@ -164,6 +166,7 @@ def defend_run(run_dir: Path, method: str, *, out: Path, baseline: Path | None =
         out: the retrained run's folder.
         baseline: the clean run, for the baseline ASR (default: the one the backdoor evaluation names).
         root: the data root.
+        epsilon: the spectral defense's assumed poisoned share per class (default: see above).
         seed: the seed of activation clustering.
         progress: show progress bars; overwrite: replace an existing ``out``.
 
@@ -179,7 +182,7 @@ def defend_run(run_dir: Path, method: str, *, out: Path, baseline: Path | None =
     x, y, poisoned, config, backdoor = poisoned_training_set(run_dir, root=root)
     model, ckpt = _model(run_dir)
     reps = penultimate_features(model, x)
-    eps = len(poisoned) / max(1, int((y == backdoor.target).sum()))
+    eps = len(poisoned) / max(1, int((y == backdoor.target).sum())) if epsilon is None else epsilon
     det = _detect(method, reps, y, eps=min(1.0, eps), seed=seed)
     quality = detection_quality(det.flagged, poisoned)
     train_run(config, Path(out), transform=WithoutPoints(backdoor, tuple(det.flagged.tolist())), progress=progress,
@@ -201,7 +204,7 @@ def defend_run(run_dir: Path, method: str, *, out: Path, baseline: Path | None =
     if baseline is not None:
         base_model, _ = _model(Path(baseline))
         summary["baseline_asr"] = attack_success_rate(base_model, xt, yt, backdoor.trigger, target=t)
-    config_out = {"action": "defend", "method": method, "seed": seed, "poisoning": backdoor.to_dict(),
+    config_out = {"action": "defend", "method": method, "seed": seed, "epsilon": eps, "poisoning": backdoor.to_dict(),
                   "checkpoint": ckpt, "retrained_run": str(out), "versions": versions()}
     with run_lock(run_dir):
         commit_record_set(run_dir / POISONING_DIR / f"defend-{method}-{config_hash(config_out)[:10]}",

@@ -77,16 +77,22 @@ def _run_backdoor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_and_root(p: argparse.ArgumentParser, what: str) -> None:
+    add_global_options(p, suppress=True)
+    p.add_argument("run", help=what)
+    p.add_argument("--root", help="data root")
+
+
 def _add_defend(p: argparse.ArgumentParser) -> None:
     from trustlab.poisoning.defenses import METHODS
 
-    add_global_options(p, suppress=True)
-    p.add_argument("run", help="run folder written by `trustlab poison backdoor`")
+    _run_and_root(p, "run folder written by `trustlab poison backdoor`")
     p.add_argument("--method", choices=list(METHODS), required=True, help="the defense")
     p.add_argument("--out", help="retrained run folder (default RUN.<method>)")
     p.add_argument("--baseline", help="clean baseline run for the baseline ASR (default RUN.clean if present)")
+    p.add_argument("--epsilon", type=float,
+                   help="spectral: assumed poisoned share of each class (default: poisons / target-class size)")
     p.add_argument("--seed", type=int, default=0, help="seed of activation clustering (default 0)")
-    p.add_argument("--root", help="data root")
     p.add_argument("--overwrite", action="store_true", help="replace an existing retrained run folder")
 
 
@@ -96,7 +102,8 @@ def _run_defend(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"{args.run}.{args.method}")
     baseline = Path(args.baseline) if args.baseline else Path(f"{args.run}.clean")
     s = defend_run(Path(args.run), args.method, out=out, baseline=baseline if baseline.exists() else None,
-                   root=args.root, seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
+                   root=args.root, epsilon=args.epsilon, seed=args.seed, progress=not args.quiet,
+                   overwrite=args.overwrite)
     print(f"{shown(args.run)}: {args.method} flagged {s['n_flagged']} of the training points; recall "
           f"{s['recall']:.4f}, precision {s['precision']:.4f} against {s['n_poisoned']} poisons. Retrained in "
           f"{shown(out)}: ASR {s['asr_before']:.4f} -> {s['asr_after']:.4f}, clean accuracy "
@@ -105,8 +112,7 @@ def _run_defend(args: argparse.Namespace) -> int:
 
 
 def _add_signature(p: argparse.ArgumentParser) -> None:
-    add_global_options(p, suppress=True)
-    p.add_argument("run", help="any trained run folder")
+    _run_and_root(p, "any trained run folder")
     p.add_argument("--queries", type=int, default=10_000,
                    help="random uniform queries, and as many perturbed test inputs (default 10000)")
     p.add_argument("--n-examples", type=int, help="the first N test examples (default all)")
@@ -114,7 +120,6 @@ def _add_signature(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits-per-pixel", type=int, default=12, help="payload bits per carrier pixel (default 12)")
     p.add_argument("--pgd-steps", type=int, default=10, help="key-less PGD steps per target label (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random queries (default 0)")
-    p.add_argument("--root", help="data root")
 
 
 def _run_signature(args: argparse.Namespace) -> int:
