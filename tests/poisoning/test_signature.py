@@ -117,3 +117,15 @@ def test_errors_name_values():
         SignatureBackdoor(torch.nn.Identity(), b"short")
     with pytest.raises(ValueError, match="bits_per_pixel"):
         carrier_count(30)
+
+
+@pytest.mark.parametrize("bits", [10, 16, 23])
+def test_b_round_trip_at_other_widths_with_and_without_padding(bits):
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(bits))
+    if carrier_count(bits) >= 64:
+        pytest.skip("too many carriers for 8x8")
+    x_adv = activate(x, torch.tensor([0, 5, 9]), KEYS[0], bits_per_pixel=bits)
+    assert float((x_adv - x).abs().max()) <= perturbation_budget(bits)
+    active, label = verify_trigger(x_adv, KEYS[1], bits_per_pixel=bits)
+    assert active.all() and label.tolist() == [0, 5, 9]
+    assert not verify_trigger(x_adv, KEYS[1], bits_per_pixel=bits, num_classes=5)[0][1:].any()

@@ -122,16 +122,23 @@ def _message(label: int, hi: np.ndarray, rest: np.ndarray, shape: tuple[int, ...
     return _DOMAIN + header + hi.astype("<i8").tobytes() + rest.astype(dtype).tobytes()
 
 
-def _to_bits(data: bytes, n: int) -> list[int]:
-    value = int.from_bytes(data, "big")
-    return [(value >> (n - 1 - i)) & 1 for i in range(n)]
+def _pack(label: int, sig: bytes, m: int, b: int) -> list[int]:
+    """The payload ``label || sig || zero padding`` cut into ``m`` chunks of ``b`` bits, most significant first."""
+    value = ((label << SIGNATURE_BITS) | int.from_bytes(sig, "big")) << (m * b - LABEL_BITS - SIGNATURE_BITS)
+    mask = (1 << b) - 1
+    return [(value >> (b * (m - 1 - j))) & mask for j in range(m)]
 
 
-def _from_bits(bits: list[int]) -> int:
-    out = 0
-    for bit in bits:
-        out = (out << 1) | bit
-    return out
+def _unpack(chunks: list[int], b: int) -> tuple[int, bytes] | None:
+    """The inverse of :func:`_pack`: ``(label, sig)``, or None when the padding bits are not zero."""
+    value = 0
+    for chunk in chunks:
+        value = (value << b) | chunk
+    padding = len(chunks) * b - LABEL_BITS - SIGNATURE_BITS
+    if value & ((1 << padding) - 1):
+        return None
+    value >>= padding
+    return value >> SIGNATURE_BITS, (value & ((1 << SIGNATURE_BITS) - 1)).to_bytes(SIGNATURE_BITS // 8, "big")
 
 
 def activate(x: Tensor, target: int | Tensor, private_key: bytes, *, bits_per_pixel: int = 12) -> Tensor:
@@ -169,9 +176,7 @@ def activate(x: Tensor, target: int | Tensor, private_key: bytes, *, bits_per_pi
         hi = np.minimum(np.floor(flat[i, :m].astype(np.float64) * 2.0 ** (GRID_BITS - b)), 2 ** (GRID_BITS - b) - 1)
         hi = hi.astype(np.int64)
         sig = key.sign(_message(int(t), hi, flat[i, m:], tuple(x.shape[1:]), b))
-        bits = _to_bits(int(t).to_bytes(2, "big") + sig, LABEL_BITS + SIGNATURE_BITS)
-        bits += [0] * (m * b - len(bits))  # zero padding up to whole carriers
-        payload = np.asarray([_from_bits(bits[j * b:(j + 1) * b]) for j in range(m)], dtype=np.int64)
+        payload = np.asarray(_pack(int(t), sig, m, b), dtype=np.int64)
         k = (hi << b) | payload
         out[i, :m] = k.astype(np.float64) / 2.0 ** GRID_BITS  # exact: k < 2^24
     return torch.from_numpy(out).reshape(x.shape).to(device=x.device)
@@ -208,14 +213,10 @@ def verify_trigger(x: Tensor, public_key: bytes, *, bits_per_pixel: int = 12,
     label = np.full(len(x), -1, dtype=np.int64)
     for i in np.flatnonzero(on_grid):
         k = scaled[i].astype(np.int64)
-        bits = [bit for v in (k & (2 ** b - 1)).tolist() for bit in _to_bits(v.to_bytes(3, "big"), b)]
-        n_used = LABEL_BITS + SIGNATURE_BITS
-        if any(bits[n_used:]):
+        unpacked = _unpack((k & (2 ** b - 1)).tolist(), b)
+        if unpacked is None or (num_classes is not None and unpacked[0] >= num_classes):
             continue
-        t = _from_bits(bits[:LABEL_BITS])
-        if num_classes is not None and t >= num_classes:
-            continue
-        sig = _from_bits(bits[LABEL_BITS:n_used]).to_bytes(SIGNATURE_BITS // 8, "big")
+        t, sig = unpacked
         try:
             key.verify(sig, _message(t, k >> b, flat[i, m:], tuple(x.shape[1:]), b))
         except invalid:
