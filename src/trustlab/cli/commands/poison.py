@@ -29,6 +29,8 @@ HELP = "data poisoning and backdoors: train a backdoored run, defend it, plant a
 
 
 class Action(NamedTuple):
+    """One `trustlab poison` action: its help line, its arguments and what it runs."""
+
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
