@@ -133,7 +133,8 @@ def test_unregistering_restores_the_old_report(tmp_path):
     finally:
         unregister_kind("toy-certificate")
     assert _report([run], tmp_path / "after") == before
-    assert [k.name for k in record_kinds()] == [k.name for k in builtin_kinds()] == ["attack", "certificate", "smoothing", "training"]
+    assert [k.name for k in record_kinds()] == [k.name for k in builtin_kinds()] == ["attack", "certificate", "smoothing", "training",
+                                                                                      "poisoning"]
     assert "toy-certificate" not in load_run(run).sets
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "plot_matrix",
     "plot_examples",
     "plot_training",
+    "plot_score_histogram",
     "delta_scale",
     "HISTORY_SERIES",
 ]
@@ -291,3 +292,32 @@ def _number(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):  # None, or "nan" written for a non-finite value
         return math.nan
+
+
+def plot_score_histogram(scores: Mapping[str, Sequence[float]], *, xlabel: str = "score", title: str | None = None,
+                         path: PathLike = None) -> bytes:
+    """Overlaid histograms of scores per group (e.g. a defense's outlier scores of poisoned vs clean points).
+
+    Args:
+        scores: group name -> its scores (an empty group is left out).
+        xlabel: the axis label.
+        title: figure title.
+        path: optional PNG file to write.
+
+    Raises:
+        ValueError: every group is empty.
+    """
+    groups = {k: np.asarray(v, dtype=float) for k, v in scores.items() if len(v)}
+    if not groups:
+        raise ValueError("scores holds no values to plot")
+    edges = np.histogram_bin_edges(np.concatenate(list(groups.values())), bins=40)
+    fig = _figure((6.0, 3.6))
+    ax = fig.subplots()
+    for name, values in groups.items():
+        ax.hist(values, bins=edges, alpha=0.55, density=True, label=f"{_text(name, 30)} (n={len(values)})")
+    ax.set_xlabel(_text(xlabel, 60))
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title(_text(title or "scores", 70), fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path)

@@ -55,7 +55,8 @@ __all__ = [
 ]
 
 KIND_MODULES = ("trustlab.reports.kinds.training", "trustlab.reports.kinds.attack",
-                "trustlab.reports.kinds.certificate", "trustlab.reports.kinds.smoothing")  # each defines KIND
+                "trustlab.reports.kinds.certificate", "trustlab.reports.kinds.smoothing",
+                "trustlab.reports.kinds.poisoning")  # each defines KIND
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _registry: dict[str, RecordKind] = {}
 _builtins: list[RecordKind] = []
