@@ -13,6 +13,7 @@ from trustlab.poisoning.svm import (
     hinge_loss_gradient,
     label_flip,
     loss_surface,
+    path_errors,
     svm_poison,
 )
 
@@ -92,6 +93,18 @@ def test_label_flip_baseline():
     assert len(src) == 5 and len(np.unique(src)) == 5
     np.testing.assert_array_equal(xp, x[src])
     np.testing.assert_array_equal(yp, -y[src])
+
+
+def test_path_errors_rows_match_the_path():
+    x, y, xv, yv = _blobs(10, 50)
+    cfg = SVMPoisonConfig(kernel="rbf", C=10.0, gamma=5.0, step_size=0.1)
+    res = svm_poison(x, y, xv, yv, n_points=2, config=cfg, rng=np.random.default_rng(1))
+    p = res.paths[0]
+    along = path_errors(x, y, p.path, p.y, {"val": (xv, yv)}, config=cfg)
+    np.testing.assert_allclose(along["val"], p.errors)
+    cum = path_errors(x, y, res.x, res.y, {"val": (xv, yv)}, config=cfg, cumulative=True)
+    assert cum["val"].shape == (3,)
+    assert cum["val"][0] == classification_error(fit_svm(x, y, cfg), xv, yv)
 
 
 def test_loss_surface_shape():

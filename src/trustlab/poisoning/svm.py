@@ -55,6 +55,7 @@ __all__ = [
     "poison_point",
     "svm_poison",
     "label_flip",
+    "path_errors",
     "loss_surface",
     "plot_attack_path",
 ]
@@ -444,6 +445,35 @@ def label_flip(x_tr: np.ndarray, y_tr: np.ndarray, *, n_points: int | None = Non
         raise ValueError(f"n_points must lie in [1, {len(x_tr)}], got {n_points}")
     source = np.sort(rng.choice(len(x_tr), size=n_points, replace=False))
     return x_tr[source].copy(), -y_tr[source], source
+
+
+def path_errors(x_tr: np.ndarray, y_tr: np.ndarray, points: np.ndarray, y_c: int | np.ndarray,
+                sets: dict[str, tuple[np.ndarray, np.ndarray]], *, config: SVMPoisonConfig,
+                cumulative: bool = False) -> dict[str, np.ndarray]:
+    """Errors of the SVM retrained with each of ``points`` (one path), or with the first k of them.
+
+    Args:
+        x_tr, y_tr: the clean training set.
+        points: attack points (T, D): a :class:`PoisonPath`'s ``path`` or a :class:`PoisonResult`'s ``x``.
+        y_c: their label, or one label per point (T,).
+        sets: named evaluation sets, e.g. ``{"val": (x_val, y_val), "test": (x_test, y_test)}``.
+        config: the SVM settings.
+        cumulative: False: the training set plus ``points[t]`` alone (error vs attack iterations). True: plus
+            ``points[:t]`` for t = 0..T (error vs number of poison points; row 0 is the clean SVM).
+
+    Returns:
+        ``{name: errors}`` with (T,) rows, or (T+1,) when cumulative.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    labels = np.broadcast_to(np.asarray(y_c, dtype=np.int64), (len(points),))
+    out: dict[str, list[float]] = {name: [] for name in sets}
+    rows = range(len(points) + 1) if cumulative else range(len(points))
+    for t in rows:
+        px, py = (points[:t], labels[:t]) if cumulative else (points[t:t + 1], labels[t:t + 1])
+        svm = fit_svm(np.vstack([x_tr, px]), np.append(y_tr, py), config)
+        for name, (xs, ys) in sets.items():
+            out[name].append(classification_error(svm, xs, ys))
+    return {name: np.array(v) for name, v in out.items()}
 
 
 def loss_surface(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *, y_c: int,
