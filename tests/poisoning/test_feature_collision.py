@@ -12,6 +12,7 @@ from trustlab.poisoning.feature_collision import (
     FeatureCollisionConfig,
     collision_objective,
     feature_collision,
+    poisoned_training_set,
     proximal_step,
     scaled_beta,
     select_pairs,
@@ -78,6 +79,15 @@ def test_proximal_step_is_the_closed_form_minimizer():
     assert inside.sum() > 100
     stationarity = 2 * beta * (x - base) + (x - x_hat) / lam
     torch.testing.assert_close(stationarity[inside], torch.zeros(int(inside.sum()), dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_poisoned_training_set_appends_clean_label_poisons():
+    x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    out = poisoned_training_set(x, y, torch.rand(2, 1, 2, 2), 1, info={"targets": [3, 4]})
+    assert torch.equal(out.x[:6], x) and torch.equal(out.y, torch.tensor([0, 1, 2, 0, 1, 2, 1, 1]))
+    assert out.added.tolist() == [6, 7] and out.info == {"targets": [3, 4]}
+    with pytest.raises(ValueError, match="do not match"):
+        poisoned_training_set(x, y, torch.rand(2, 1, 3, 3), 1)
 
 
 def test_scaled_beta_and_watermark():

@@ -38,6 +38,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from trustlab.data.transform import TransformedSet
+
 __all__ = [
     "FeatureCollisionConfig",
     "CollisionResult",
@@ -50,6 +52,7 @@ __all__ = [
     "fit_linear_head",
     "transfer_attack",
     "select_pairs",
+    "poisoned_training_set",
 ]
 
 
@@ -159,13 +162,38 @@ def watermark(base: Tensor, target: Tensor, opacity: float) -> Tensor:
 
 def proximal_step(x_hat: Tensor, base: Tensor, *, beta: float, step_size: float, lower: float,
                   upper: float) -> Tensor:
-    """The backward step: argmin_x beta ||x - b||^2 + ||x - x_hat||^2 / (2 lambda) over the box, in closed form."""
+    """The backward step: argmin_x beta ||x - b||^2 + ||x - x_hat||^2 / (2 lambda) over the box, in closed form.
+
+    Per coordinate the objective is a convex quadratic, so its minimizer over ``[lower, upper]`` is the clamp of
+    the unconstrained one, (x_hat + 2 lambda beta b) / (1 + 2 lambda beta).
+
+    Args:
+        x_hat: the forward step's output (B, *D).
+        base: the base images (B, *D).
+        beta: the proximal weight.
+        step_size: lambda.
+        lower, upper: the input box.
+
+    Returns:
+        The new iterate (B, *D).
+    """
     c = 2.0 * step_size * beta
     return ((x_hat + c * base) / (1.0 + c)).clamp(lower, upper)
 
 
 def collision_objective(phi: nn.Module, x: Tensor, target_features: Tensor, base: Tensor, beta: float) -> Tensor:
-    """Eq. 1 per example: ||phi(x) - phi(t)||^2 + beta ||x - b||^2 (B,)."""
+    """Eq. 1 per example: ||phi(x) - phi(t)||^2 + beta ||x - b||^2.
+
+    Args:
+        phi: the feature extractor.
+        x: candidate poisons (B, *D).
+        target_features: phi(t) flattened (B, F).
+        base: the base images (B, *D).
+        beta: the weight.
+
+    Returns:
+        (B,) objective values (differentiable in ``x``).
+    """
     feat = phi(x).flatten(1)
     return (feat - target_features).pow(2).sum(1) + beta * (x - base).flatten(1).pow(2).sum(1)
 
@@ -365,3 +393,28 @@ def select_pairs(y_targets: Tensor, y_bases: Tensor, *, target_class: int, base_
             raise ValueError(f"need {n_pairs} {name} examples of class {c}, found {len(pool)}")
         out.append(pool[torch.randperm(len(pool), generator=generator, device=generator.device)[:n_pairs].to(pool.device)])
     return out[0], out[1]
+
+
+def poisoned_training_set(x: Tensor, y: Tensor, x_poison: Tensor, base_class: int | Tensor, *,
+                          info: dict[str, Any] | None = None) -> TransformedSet:
+    """The training set with the poisons appended, each with its base class (clean label), as a ``TransformedSet``.
+
+    Args:
+        x, y: the clean training set (N, *D), (N,).
+        x_poison: the poisons (P, *D), e.g. :attr:`CollisionResult.x_poison`.
+        base_class: the poisons' label, one for all or (P,).
+        info: extra JSON-safe facts to record (e.g. the target indices).
+
+    Returns:
+        A :class:`~trustlab.data.transform.TransformedSet` whose ``added`` indices are N..N+P-1.
+
+    Raises:
+        ValueError: the poisons' shape or dtype differs from the training set's.
+    """
+    if x_poison.shape[1:] != x.shape[1:] or x_poison.dtype != x.dtype:
+        raise ValueError(f"poisons {tuple(x_poison.shape)} {x_poison.dtype} do not match the training set "
+                         f"(N, {', '.join(map(str, x.shape[1:]))}) {x.dtype}")
+    labels = torch.as_tensor(base_class, dtype=y.dtype, device=y.device).expand(len(x_poison))
+    added = torch.arange(len(x), len(x) + len(x_poison), dtype=torch.int64)
+    return TransformedSet(x=torch.cat([x, x_poison.to(x.device)]), y=torch.cat([y, labels]), added=added,
+                          info=dict(info or {}))

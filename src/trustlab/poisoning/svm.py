@@ -190,7 +190,15 @@ def binary_pair(x: Any, y: Any, positive: int, negative: int) -> tuple[np.ndarra
 
 
 def kernel_matrix(a: np.ndarray, b: np.ndarray, config: SVMPoisonConfig) -> np.ndarray:
-    """K(a_i, b_j) (N, M) for the config's kernel."""
+    """The kernel matrix K(a_i, b_j) for the config's kernel.
+
+    Args:
+        a, b: points (N, D) and (M, D).
+        config: gives ``kernel`` (linear: a_i . b_j; RBF: exp(-gamma ||a_i - b_j||^2)) and ``gamma``.
+
+    Returns:
+        (N, M) float64.
+    """
     if config.kernel == "linear":
         return a @ b.T
     sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
@@ -198,7 +206,16 @@ def kernel_matrix(a: np.ndarray, b: np.ndarray, config: SVMPoisonConfig) -> np.n
 
 
 def kernel_gradient(x: np.ndarray, u: np.ndarray, config: SVMPoisonConfig) -> np.ndarray:
-    """dK(x_k, u)/du for every row x_k (N, D): x_k (linear), 2 gamma K(x_k, u) (x_k - u) (RBF)."""
+    """The kernel's gradient in its second argument, dK(x_k, u)/du, for every row x_k.
+
+    Args:
+        x: points (N, D).
+        u: the attack point (D,).
+        config: the kernel: linear gives x_k, RBF gives 2 gamma K(x_k, u) (x_k - u).
+
+    Returns:
+        (N, D) float64.
+    """
     if config.kernel == "linear":
         return x.copy()
     k = kernel_matrix(x, u[None, :], config)  # (N, 1)
@@ -207,6 +224,13 @@ def kernel_gradient(x: np.ndarray, u: np.ndarray, config: SVMPoisonConfig) -> np
 
 def fit_svm(x: np.ndarray, y: np.ndarray, config: SVMPoisonConfig):
     """scikit-learn's ``SVC`` trained on ``(x, y)`` with the config's kernel, ``C`` and tolerance.
+
+    Args:
+        x, y: (N, D), labels +1/-1 (N,).
+        config: the kernel, ``C``, ``gamma`` and ``svm_tol``.
+
+    Returns:
+        The fitted ``SVC``; its ``dual_coef_`` holds y_i alpha_i of the support vectors.
 
     Raises:
         ValueError: labels are not +1/-1, or only one class is present.
@@ -221,12 +245,28 @@ def fit_svm(x: np.ndarray, y: np.ndarray, config: SVMPoisonConfig):
 
 
 def validation_hinge_loss(svm, x_val: np.ndarray, y_val: np.ndarray) -> float:
-    """sum_k (1 - y_k f(x_k))_+ (the paper's L), with f the SVM's decision function."""
+    """The paper's attacker objective L = sum_k (1 - y_k f(x_k))_+ on a validation set.
+
+    Args:
+        svm: a fitted binary ``SVC`` with labels +1/-1.
+        x_val, y_val: (M, D), (M,).
+
+    Returns:
+        The summed hinge loss (a float).
+    """
     return float(np.maximum(0.0, 1.0 - y_val * svm.decision_function(x_val)).sum())
 
 
 def classification_error(svm, x: np.ndarray, y: np.ndarray) -> float:
-    """The fraction of ``(x, y)`` the SVM misclassifies (a zero decision counts as -1)."""
+    """The fraction of ``(x, y)`` the SVM misclassifies.
+
+    Args:
+        svm: a fitted binary ``SVC`` with labels +1/-1.
+        x, y: (M, D), (M,).
+
+    Returns:
+        The error rate in [0, 1]; a zero decision value counts as -1.
+    """
     pred = np.where(svm.decision_function(x) > 0, 1, -1)
     return float(np.mean(pred != y))
 
