@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from trustlab.data.transform import TransformedSet
+from trustlab.validation import check_nonneg_float, check_positive_int
 
 __all__ = [
     "FeatureCollisionConfig",
@@ -66,6 +67,9 @@ class FeatureCollisionConfig:
         steps: forward-backward iterations.
         opacity: watermark opacity in [0, 1) (0: no watermark).
         lower, upper: the input box.
+
+    Raises:
+        ValueError: a setting out of its range (named in the message); TypeError: a non-integer count.
     """
 
     beta0: float = 0.25
@@ -77,12 +81,9 @@ class FeatureCollisionConfig:
     name: str = "feature-collision"
 
     def __post_init__(self) -> None:
-        for field_name in ("beta0", "step_size"):
-            value = getattr(self, field_name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{field_name} must be a finite number > 0, got {value}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
+        check_nonneg_float(self.beta0, "beta0", positive=True)
+        check_nonneg_float(self.step_size, "step_size", positive=True)
+        check_positive_int(self.steps, "steps", minimum=0)
         if not 0.0 <= self.opacity < 1.0:
             raise ValueError(f"opacity must lie in [0, 1), got {self.opacity}")
         if not (math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper):

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from trustlab.validation import check_nonneg_float, check_positive_int
+
 __all__ = [
     "SVMPoisonConfig",
     "PoisonPath",
@@ -77,6 +79,9 @@ class SVMPoisonConfig:
         tol: stop when an accepted step raises the validation loss by less than this (the paper's epsilon).
         lower, upper: the input box the poison point is projected onto.
         svm_tol: libsvm's stopping tolerance; small, so the KKT system holds to high precision.
+
+    Raises:
+        ValueError: a setting out of its range (named in the message); TypeError: a non-integer count.
     """
 
     kernel: str = "linear"
@@ -95,15 +100,10 @@ class SVMPoisonConfig:
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {list(KERNELS)}, got {self.kernel!r}")
         for field_name in ("C", "gamma", "step_size", "svm_tol"):
-            value = getattr(self, field_name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{field_name} must be a finite number > 0, got {value}")
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if self.halvings < 0:
-            raise ValueError(f"halvings must be >= 0, got {self.halvings}")
-        if not self.tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol}")
+            check_nonneg_float(getattr(self, field_name), field_name, positive=True)
+        check_nonneg_float(self.tol, "tol")
+        check_positive_int(self.steps, "steps", minimum=0)
+        check_positive_int(self.halvings, "halvings", minimum=0)
         if not (math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper):
             raise ValueError(f"need finite lower < upper, got lower={self.lower}, upper={self.upper}")
 
