@@ -78,7 +78,8 @@ def test_proximal_step_is_the_closed_form_minimizer():
     inside = (x > 0) & (x < 1)
     assert inside.sum() > 100
     stationarity = 2 * beta * (x - base) + (x - x_hat) / lam
-    torch.testing.assert_close(stationarity[inside], torch.zeros(int(inside.sum()), dtype=torch.float64), atol=1e-9, rtol=0)
+    zeros = torch.zeros(int(inside.sum()), dtype=torch.float64)
+    torch.testing.assert_close(stationarity[inside], zeros, atol=1e-9, rtol=0)
 
 
 def test_poisoned_training_set_appends_clean_label_poisons():

@@ -136,7 +136,7 @@ class TransferResult:
 
 
 def scaled_beta(beta0: float, feature_dim: int, input_dim: int) -> float:
-    """The paper's weight beta = beta0 * dim(feature)^2 / dim(input)^2 (Sec. 4.1).
+    """The paper's weight beta = beta0 * dim(feature)^2 / dim(input)^2 (its transfer-learning experiments).
 
     Raises:
         ValueError: a dimension < 1 or beta0 <= 0.
@@ -392,7 +392,8 @@ def select_pairs(y_targets: Tensor, y_bases: Tensor, *, target_class: int, base_
         pool = torch.nonzero(y == c).flatten()
         if len(pool) < n_pairs:
             raise ValueError(f"need {n_pairs} {name} examples of class {c}, found {len(pool)}")
-        out.append(pool[torch.randperm(len(pool), generator=generator, device=generator.device)[:n_pairs].to(pool.device)])
+        order = torch.randperm(len(pool), generator=generator, device=generator.device)
+        out.append(pool[order[:n_pairs].to(pool.device)])
     return out[0], out[1]
 
 

@@ -8,29 +8,30 @@ retrained SVM on a validation set,
 by gradient ascent. The gradient runs through the SVM's KKT conditions: while the sets of margin support vectors
 S (0 < alpha < C), error vectors (alpha = C) and reserve points (alpha = 0) do not change and the attack point
 keeps its alpha_c, every margin support vector stays on the margin, y_s f(x_s) = 1, and sum_i y_i alpha_i = 0
-stays true. Differentiating both gives the linear system (the paper's Eq. 7-9, written with beta_s = y_s alpha_s)
+stays true. Differentiating both gives the paper's linear system (written here with beta_s = y_s alpha_s)
 
     [ K_SS  1 ] [ d beta_S / du ]     [ alpha_c y_c dK(x_S, u)/du ]
     [ 1^T   0 ] [ d b / du      ] = - [ 0                         ],
 
-and the validation loss's gradient (Eq. 10)
+and the validation loss's gradient
 
     dL/du = - sum_{k: y_k f(x_k) < 1} y_k ( K_kS d beta_S/du + alpha_c y_c dK(x_k, u)/du + db/du ).
 
 Each step retrains scikit-learn's ``SVC`` on the training set plus the attack point, takes this gradient,
 moves the point along its normalized direction with a backtracking line search, projects it onto the input box
 ``[lower, upper]`` and stops when the loss gains less than ``tol`` (the paper's Algorithm 1). Several points
-are added one at a time, each optimized with the earlier ones kept in the training set (the paper's Sec. 4).
+are added one at a time, each optimized with the earlier ones kept in the training set (as in the paper's
+multi-point experiments).
 
-The attack point takes the label opposite to the class it is cloned from (the paper initializes "by cloning an
-arbitrarily chosen point from the attacked class and flipping its label"), so its starting point is exactly the
+The attack point takes the label opposite to the class it is cloned from (the paper starts from a copy of a
+training point of the attacked class with its label flipped), so its starting point is exactly the
 label-flipping baseline, :func:`label_flip`.
 
 Labels are +1/-1 throughout (numpy arrays); :func:`binary_pair` maps two classes of a multi-class set to them.
 
 Reference:
     B. Biggio, B. Nelson, P. Laskov. Poisoning Attacks against Support Vector Machines. ICML 2012,
-    arXiv:1206.6389, Algorithm 1 and Eq. 7-10.
+    arXiv:1206.6389: the gradient through the KKT conditions, and Algorithm 1.
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def classification_error(svm, x: np.ndarray, y: np.ndarray) -> float:
 def hinge_loss_gradient(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                         *, x_c: np.ndarray, y_c: int, config: SVMPoisonConfig,
                         margin_tol: float = 1e-6) -> tuple[float, np.ndarray, dict[str, Any]]:
-    """The retrained SVM's validation hinge loss and its gradient w.r.t. the attack point (Eq. 7-10).
+    """The retrained SVM's validation hinge loss and its gradient w.r.t. the attack point.
 
     Trains the SVM on the training set plus ``(x_c, y_c)`` (the attack point is the last training row), then
     solves the KKT system of the margin support vectors for d beta_S/du and db/du.
@@ -314,7 +315,8 @@ def hinge_loss_gradient(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y
     loss = float(np.maximum(0.0, 1.0 - y_val * f_val).sum())
     margin = np.flatnonzero((alpha > margin_tol * config.C) & (alpha < config.C * (1 - margin_tol)))
     margin = margin[margin != n - 1]
-    info = {"svm": svm, "alpha_c": alpha_c, "margin": margin, "error": float(np.mean(np.where(f_val > 0, 1, -1) != y_val))}
+    error = float(np.mean(np.where(f_val > 0, 1, -1) != y_val))
+    info = {"svm": svm, "alpha_c": alpha_c, "margin": margin, "error": error}
     grad = np.zeros_like(x_c)
     active = y_val * f_val < 1.0
     if alpha_c == 0.0 or not np.any(active):
