@@ -85,6 +85,7 @@ def main() -> None:
     m.add_argument("--gamma", type=float, default=0.01)
     m.add_argument("--steps", type=int, default=100)
     m.add_argument("--step-size", type=float, default=0.25)
+    m.add_argument("--margin-point", choices=["paper", "exact"], default="paper")
     m.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("toy")
     t.add_argument("--out", default="svm_poison_path.png")
@@ -93,7 +94,7 @@ def main() -> None:
         toy_figure(args.out)
         return
     cfg = SVMPoisonConfig(kernel=args.kernel, C=args.C, gamma=args.gamma, steps=args.steps,
-                          step_size=args.step_size)
+                          step_size=args.step_size, margin_point=args.margin_point)
     print(json.dumps(mnist_experiment(*args.pair, n_points=args.points, config=cfg, seed=args.seed)))
 
 

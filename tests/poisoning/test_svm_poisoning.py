@@ -56,6 +56,30 @@ def test_svm_gradient_matches_finite_differences_of_retrained_loss(kernel, gamma
     np.testing.assert_allclose(grad, fd, rtol=2e-2, atol=2e-3)
 
 
+# When the attack point itself lands on the margin (0 < alpha_c < C) the paper's simplification (alpha_c fixed) is
+# only approximate; margin_point="exact" adds its own margin condition to the KKT system. These two points were
+# found by scanning a grid for alpha_c in (0, C) with the same sets at x_c +- h; the checks below re-verify that.
+@pytest.mark.parametrize("kernel,gamma,u", [("linear", 1.0, (0.15, 0.55)), ("rbf", 2.0, (0.05, 0.7))])
+def test_svm_exact_gradient_with_the_attack_point_on_the_margin(kernel, gamma, u):
+    x, y, xv, yv = _blobs(20, 50)
+    cfg = SVMPoisonConfig(kernel=kernel, C=1.0, gamma=gamma, svm_tol=1e-12, margin_point="exact")
+    x_c = np.array(u)
+    _, grad, info = hinge_loss_gradient(x, y, xv, yv, x_c=x_c, y_c=-1, config=cfg)
+    assert 0.05 < info["alpha_c"] < 0.95 and info["attack_point_on_margin"]
+    h, fd = 1e-3, np.zeros(2)
+    for d in range(2):
+        e = np.zeros(2)
+        e[d] = h
+        sides = [hinge_loss_gradient(x, y, xv, yv, x_c=x_c + s * e, y_c=-1, config=cfg) for s in (1, -1)]
+        for _, _, side in sides:
+            np.testing.assert_array_equal(side["margin"], info["margin"])
+            assert side["attack_point_on_margin"]
+            f0, f1 = info["svm"].decision_function(xv), side["svm"].decision_function(xv)
+            np.testing.assert_array_equal(yv * f0 < 1, yv * f1 < 1)
+        fd[d] = (sides[0][0] - sides[1][0]) / (2 * h)
+    np.testing.assert_allclose(grad, fd, rtol=1e-3, atol=1e-3)
+
+
 def test_svm_attack_raises_validation_error_on_2d_toy():
     x, y, xv, yv = _blobs(10, 200)
     cfg = SVMPoisonConfig(kernel="rbf", C=10.0, gamma=5.0, step_size=0.1)
@@ -132,5 +156,7 @@ def test_inp17_svm_poisoning_inputs():
         SVMPoisonConfig(kernel="poly")
     with pytest.raises(ValueError, match="C must be"):
         SVMPoisonConfig(C=0.0)
+    with pytest.raises(ValueError, match="margin_point must be"):
+        SVMPoisonConfig(margin_point="approx")
     with pytest.raises(ValueError, match="lower < upper"):
         SVMPoisonConfig(lower=1.0, upper=0.0)

@@ -80,6 +80,10 @@ class SVMPoisonConfig:
         tol: stop when an accepted step raises the validation loss by less than this (the paper's epsilon).
         lower, upper: the input box the poison point is projected onto.
         svm_tol: libsvm's stopping tolerance; small, so the KKT system holds to high precision.
+        margin_point: how to differentiate when the attack point itself is a margin support vector
+            (0 < alpha_c < C): ``"paper"`` keeps alpha_c fixed, the paper's simplification (then the gradient is
+            only approximate); ``"exact"`` adds the attack point's own margin condition y_c f(x_c) = 1 to the KKT
+            system, which gives the exact gradient while the sets do not change (an extension, not in the paper).
 
     Raises:
         ValueError: a setting out of its range (named in the message); TypeError: a non-integer count.
@@ -95,9 +99,12 @@ class SVMPoisonConfig:
     lower: float = 0.0
     upper: float = 1.0
     svm_tol: float = 1e-8
+    margin_point: str = "paper"
     name: str = "svm-poison"
 
     def __post_init__(self) -> None:
+        if self.margin_point not in ("paper", "exact"):
+            raise ValueError(f"margin_point must be 'paper' or 'exact', got {self.margin_point!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {list(KERNELS)}, got {self.kernel!r}")
         for field_name in ("C", "gamma", "step_size", "svm_tol"):
@@ -289,9 +296,10 @@ def hinge_loss_gradient(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y
 
     Returns:
         ``(loss, grad, info)``: L at ``x_c``, dL/dx_c (D,), and ``info`` with the trained ``svm``,
-        ``alpha_c``, the training indices of the margin support vectors ``margin`` and the validation error.
-        The gradient is exact while the three sets and alpha_c do not change; it is zero when the attack point
-        is not a support vector (alpha_c = 0), as in the paper.
+        ``alpha_c``, the training indices of the margin support vectors ``margin`` (the attack point excluded),
+        the validation ``error`` and ``attack_point_on_margin``. The gradient is exact while the three sets do
+        not change and either the attack point is an error vector (alpha_c = C) or ``margin_point="exact"``;
+        it is zero when the attack point is not a support vector (alpha_c = 0), as in the paper.
 
     Raises:
         ValueError: bad shapes or labels.
@@ -316,27 +324,36 @@ def hinge_loss_gradient(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y
     margin = np.flatnonzero((alpha > margin_tol * config.C) & (alpha < config.C * (1 - margin_tol)))
     margin = margin[margin != n - 1]
     error = float(np.mean(np.where(f_val > 0, 1, -1) != y_val))
-    info = {"svm": svm, "alpha_c": alpha_c, "margin": margin, "error": error}
+    on_margin = bool(alpha_c < config.C * (1 - margin_tol))
+    info = {"svm": svm, "alpha_c": alpha_c, "margin": margin, "error": error, "attack_point_on_margin": on_margin}
     grad = np.zeros_like(x_c)
     active = y_val * f_val < 1.0
     if alpha_c == 0.0 or not np.any(active):
         return loss, grad, info
     dk_val = kernel_gradient(x_val[active], x_c, config)  # (A, D)
-    s = len(margin)
+    beta_c = alpha_c * y_c
+    c_on_margin = config.margin_point == "exact" and on_margin
+    rows = np.append(margin, n - 1) if c_on_margin else margin
+    s = len(rows)
     if s:
-        kss = kernel_matrix(x_all[margin], x_all[margin], config)
         system = np.zeros((s + 1, s + 1))
-        system[:s, :s] = kss
+        system[:s, :s] = kernel_matrix(x_all[rows], x_all[rows], config)
         system[:s, s] = system[s, :s] = 1.0
         rhs = np.zeros((s + 1, x_c.size))
-        rhs[:s] = -alpha_c * y_c * kernel_gradient(x_all[margin], x_c, config)
+        rhs[:s] = -beta_c * kernel_gradient(x_all[rows], x_c, config)
+        if c_on_margin:
+            # The attack point's own condition y_c f(u) = 1: f(u) moves with u through every K(x_j, u), and
+            # K(u, u) changes in both arguments (2u for the linear kernel, constant for the RBF one).
+            others = np.flatnonzero(beta[:-1])
+            d_kuu = 2.0 * x_c if config.kernel == "linear" else np.zeros_like(x_c)
+            rhs[s - 1] = -(beta[others] @ kernel_gradient(x_all[others], x_c, config) + beta_c * d_kuu)
         sol = np.linalg.lstsq(system, rhs, rcond=None)[0]  # (S+1, D): d beta_S/du and db/du
         dbeta, db = sol[:s], sol[s]
-        df = kernel_matrix(x_val[active], x_all[margin], config) @ dbeta + db[None, :]
+        df = kernel_matrix(x_val[active], x_all[rows], config) @ dbeta + db[None, :]
     else:
         # No margin support vector: b is not pinned by the KKT system; keep it fixed (a degenerate case).
         df = np.zeros((int(active.sum()), x_c.size))
-    df = df + alpha_c * y_c * dk_val
+    df = df + beta_c * dk_val
     grad = -(y_val[active][:, None] * df).sum(0)
     return loss, grad, info
 
