@@ -32,7 +32,7 @@ Reference:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -91,7 +91,7 @@ class FeatureCollisionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-safe dict."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

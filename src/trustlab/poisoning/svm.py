@@ -17,6 +17,11 @@ and the validation loss's gradient
 
     dL/du = - sum_{k: y_k f(x_k) < 1} y_k ( K_kS d beta_S/du + alpha_c y_c dK(x_k, u)/du + db/du ).
 
+The paper keeps alpha_c fixed (exact when the attack point is an error vector, alpha_c = C). Once the point
+lands on the margin (0 < alpha_c < C) that is only an approximation, often of the wrong sign;
+``SVMPoisonConfig(margin_point="exact")`` then adds the point's own condition y_c f(x_c) = 1 to the system (an
+extension beyond the paper; the default ``"paper"`` is the paper's rule).
+
 Each step retrains scikit-learn's ``SVC`` on the training set plus the attack point, takes this gradient,
 moves the point along its normalized direction with a backtracking line search, projects it onto the input box
 ``[lower, upper]`` and stops when the loss gains less than ``tol`` (the paper's Algorithm 1). Several points
@@ -37,7 +42,7 @@ Reference:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -117,7 +122,7 @@ class SVMPoisonConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-safe dict."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
