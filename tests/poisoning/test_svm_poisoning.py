@@ -14,6 +14,7 @@ from trustlab.poisoning.svm import (
     label_flip,
     loss_surface,
     path_errors,
+    poison_point,
     svm_poison,
 )
 
@@ -99,7 +100,10 @@ def test_svm_attack_stays_in_box_and_flips_the_clone_label():
     res = svm_poison(x, y, xv, yv, n_points=2, config=cfg, rng=np.random.default_rng(0))
     for p in res.paths:
         assert p.path.min() >= 0.2 and p.path.max() <= 0.8
+    assert np.any(res.paths[0].path[1:] == 0.8)  # the projection was active, not just never needed
     np.testing.assert_array_equal(res.y, -y[res.source])
+    start = poison_point(x, y, xv, yv, x0=np.array([-1.0, 2.0]), y_c=1, config=cfg).path[0]
+    np.testing.assert_array_equal(start, [0.2, 0.8])  # a start outside the box is projected first
 
 
 def test_svm_attack_is_deterministic():
