@@ -9,11 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("cryptography")
-
-from trustlab.data import make_splits  # noqa: E402
-from trustlab.models import build_model  # noqa: E402
-from trustlab.poisoning.signature import (SignatureBackdoor, activate, carrier_count, generate_keys,  # noqa: E402
+from trustlab.data import make_splits
+from trustlab.models import build_model
+from trustlab.poisoning.signature import (SignatureBackdoor, activate, carrier_count, generate_keys,
                                           perturbation_budget, verify_trigger)
 
 KEYS = generate_keys(seed=0)
