@@ -33,7 +33,8 @@ def run(tmp_path) -> Path:
 
 
 def _results(run: Path) -> list[Path]:
-    return sorted((run / "attacks").iterdir())
+    """The committed evaluations (hidden folders are a killed evaluation's journal, kept for its resumption)."""
+    return sorted(p for p in (run / "attacks").iterdir() if not p.name.startswith("."))
 
 
 def test_data09_results_differing_in_seed_or_subset_do_not_replace_each_other(run):
@@ -56,6 +57,7 @@ def test_data08_killed_write_leaves_no_half_result_and_reuse_needs_an_exact_matc
     with pytest.raises(_Killed):
         attack_run(run, "pgd", LpBall(0.1), PGD, progress=False)
     assert {f.name: sorted(p.name for p in f.iterdir()) for f in _results(run)} == before
+    assert not list((run / "attacks").glob(".*.tmp"))  # the half-written result is gone; the journal may stay
     monkeypatch.undo()
     full = attack_run(run, "pgd", LpBall(0.1), PGD, reuse=True, progress=False)
     assert full["n"] == 100 and partial["n"] == 20

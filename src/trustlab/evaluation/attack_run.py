@@ -11,6 +11,8 @@ is either wholly there or absent, and the run folder is locked for the whole eva
 The framework, not the attack, decides success: ``x_adv`` is clipped into the ball and the box again and the
 prediction recomputed (EVAL-02). An ensemble's records also say which member broke each example (``broken_by``)
 and its ``summary.json`` lists per member the examples it attacked and broke and its time (``members``).
+A killed evaluation resumes: each finished batch is journaled in ``RUN/attacks/.<id>.partial/``
+(:mod:`trustlab.evaluation.journal`), and the same command goes on from the next batch with the same result.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoi
 from trustlab.device import resolve_device, runtime_info
 from trustlab.errors import NumericalError
 from trustlab.evaluation.checks import MODEL_CHECKS, run_checks
+from trustlab.evaluation.journal import BatchJournal, partial_folder
 from trustlab.evaluation.record_set import (check_run, check_subset, commit_record_set, committed_summary,
                                             evaluation_examples)
 from trustlab.progress import progress_bar
@@ -84,25 +87,32 @@ def attack_config(name: str, threat: LpBall, attack, *, seed: int, subset: int |
 
 
 def evaluate_attack(
-    model: nn.Module, x: Tensor, y: Tensor, attack, *, batch_size: int = 500, seed: int = 0, progress: bool = False
+    model: nn.Module, x: Tensor, y: Tensor, attack, *, batch_size: int = 500, seed: int = 0, progress: bool = False,
+    journal: BatchJournal | None = None,
 ) -> tuple[list[dict[str, Any]], Tensor]:
     """Attack ``(x, y)`` in batches; returns one record per example, and ``x_adv``.
 
     A record holds ``idx, y, pred, correct, adv_pred, adv_correct, robust, dist, confidence, adv_confidence``;
-    ``robust`` is ``correct and adv_correct``: a misclassified point is never counted robust.
+    ``robust`` is ``correct and adv_correct``: a misclassified point is never counted robust. With a ``journal``,
+    the batches it holds are taken from it (the generator restored to its state after them) and every new batch
+    is written to it, so a killed evaluation resumes with the same result.
     """
     gen = derive_generator(seed, 11, device=x.device)
-    chunks = []
-    for i in progress_bar(range(0, len(x), batch_size), desc="attack", enabled=progress):
+    done = journal.resume(gen) if journal is not None else []
+    chunks = [t["x_adv"].to(x.device) for t, _ in done]
+    for i in progress_bar(range(len(done) * batch_size, len(x), batch_size), desc="attack", enabled=progress):
+        t0 = time.perf_counter()
         chunks.append(attack_batched(attack, model, x[i : i + batch_size], y[i : i + batch_size],
                                      batch_size=batch_size, generator=gen))
+        if journal is not None:
+            journal.append({"x_adv": chunks[-1]}, gen, seconds=time.perf_counter() - t0)
     x_adv = torch.cat(chunks)
     return _rows(model, x, y, x_adv, attack.threat, batch_size=batch_size), x_adv
 
 
 def evaluate_ensemble(
     model: nn.Module, x: Tensor, y: Tensor, attack: Ensemble, *, batch_size: int = 500, seed: int = 0,
-    progress: bool = False,
+    progress: bool = False, journal: BatchJournal | None = None,
 ) -> tuple[list[dict[str, Any]], Tensor, list[dict[str, Any]]]:
     """:func:`evaluate_attack` for an :class:`Ensemble`, through :func:`ensemble_with_log` with the same batches
     and generator stream (so ``x_adv`` and the records are the same); also says who broke each example.
@@ -112,14 +122,19 @@ def evaluate_ensemble(
 
     Returns:
         The records, ``x_adv``, and per member in order ``{name, attack, attacked, broken, seconds}``: its
-        configuration (``to_dict``), the examples it ran on and broke, and its wall time summed over the batches.
+        configuration (``to_dict``), the examples it ran on and broke, and its wall time summed over the batches
+        (those of a resumed ``journal`` included).
     """
     members = attack.attacks()
     names = member_names([m.to_dict() for m in members])
     gen = derive_generator(seed, 11, device=x.device)
-    chunks, attacked, broken = [], [], []
-    seconds = [0.0] * len(members)
-    for i in progress_bar(range(0, len(x), batch_size), desc="attack", enabled=progress):
+    done = journal.resume(gen) if journal is not None else []
+    chunks = [t["x_adv"].to(x.device) for t, _ in done]
+    attacked = [t["attacked"].to(x.device) for t, _ in done]
+    broken = [t["broken"].to(x.device) for t, _ in done]
+    seconds = [sum(extra["member_seconds"][j] for _, extra in done) for j in range(len(members))]
+    for i in progress_bar(range(len(done) * batch_size, len(x), batch_size), desc="attack", enabled=progress):
+        t0 = time.perf_counter()
         step = ensemble_with_log(model, x[i : i + batch_size], y[i : i + batch_size], attack.threat,
                                  attacks=members, generator=gen)
         if not torch.isfinite(step.x_adv).all():
@@ -128,6 +143,9 @@ def evaluate_ensemble(
         attacked.append(step.attacked)
         broken.append(step.broken)
         seconds = [s + t for s, t in zip(seconds, step.seconds)]
+        if journal is not None:
+            journal.append({"x_adv": step.x_adv, "attacked": step.attacked, "broken": step.broken}, gen,
+                           seconds=time.perf_counter() - t0, member_seconds=list(step.seconds))
     x_adv, attacked_, broken_ = torch.cat(chunks), torch.cat(attacked, 1), torch.cat(broken, 1)  # (M, N)
     rows = _rows(model, x, y, x_adv, attack.threat, batch_size=batch_size)
     hit, by = broken_.any(0), broken_.int().argmax(0)  # at most one member breaks an example: its index
@@ -228,15 +246,16 @@ def attack_run(
         attacked = through_bpda(model) if bpda else model  # same forward values; BPDA only changes gradients
         x, y = (t.to(dev) for t in evaluation_examples(run_dir, root=root, subset=subset))
         log.info("attack %s on %d test examples of %s (%s)", name, len(x), run_dir, dev)
+        journal = BatchJournal(partial_folder(out), identity, checkpoint)
         t0 = time.perf_counter()
         members = None
         if isinstance(attack, Ensemble):
             records, x_adv, members = evaluate_ensemble(attacked, x, y, attack, batch_size=batch_size, seed=seed,
-                                                        progress=progress)
+                                                        progress=progress, journal=journal)
         else:
             records, x_adv = evaluate_attack(attacked, x, y, attack, batch_size=batch_size, seed=seed,
-                                             progress=progress)
-        seconds = time.perf_counter() - t0
+                                             progress=progress, journal=journal)
+        seconds = time.perf_counter() - t0 + journal.resumed_seconds
         checks = model_checks(model, x, y, attack, run=run_dir.name)
         n = len(records)
         summary = {"attack": name, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
@@ -244,9 +263,12 @@ def attack_run(
                    "checkpoint": ckpt_dir.name, "checkpoint_sha256": checkpoint["sha256"]}
         if members is not None:
             summary["members"] = members
+        if journal.resumed_batches:
+            summary["resumed_batches"] = journal.resumed_batches  # batches a killed earlier process had finished
         config = {**identity, "checkpoint": checkpoint, "run": str(run_dir), "runtime": runtime_info(dev),
                   "versions": versions()}
         _commit(out, config, records, save(_example_grid(x.cpu(), x_adv.cpu(), records)), summary, checks)
+        journal.clear()
     return summary
 
 
