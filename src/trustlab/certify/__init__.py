@@ -1,4 +1,4 @@
-"""Certified robustness by bound propagation: IBP, CROWN-IBP, CROWN and alpha-CROWN.
+"""Certified robustness: bound propagation (IBP, CROWN-IBP, CROWN, alpha-CROWN) and solvers (LP, exact MILP).
 
 ``certify(model, x, y, threat, method=...)`` returns a :class:`Certificate` per example; ``margin_bounds`` gives
 the differentiable margin lower bounds for certified training; ``ibp_bounds``, ``crown_ibp_bounds``,
@@ -16,6 +16,8 @@ from trustlab.certify.core import MARGIN_TOL, certify, margin_bounds
 from trustlab.certify.crown import CROWN, crown_bounds
 from trustlab.certify.crown_ibp import CROWNIBP, crown_ibp_bounds
 from trustlab.certify.ibp import IBP, ibp_bounds
+from trustlab.certify.lp import LP, lp_bounds
+from trustlab.certify.milp import MILP, milp_bounds
 from trustlab.certify.network import Network, to_network
 from trustlab.certify.registry import METHODS, Method, build_method
 from trustlab.certify.result import Bounds, Certificate, Verdict
@@ -29,10 +31,14 @@ __all__ = [
     "crown_ibp_bounds",
     "crown_bounds",
     "alpha_crown_bounds",
+    "lp_bounds",
+    "milp_bounds",
     "IBP",
     "CROWNIBP",
     "CROWN",
     "AlphaCROWN",
+    "LP",
+    "MILP",
     "METHODS",
     "Method",
     "build_method",

@@ -18,6 +18,7 @@ from trustlab.attacks.base import threat_dict
 from trustlab.certify.network import Network, to_network
 from trustlab.certify.registry import Method, resolve_method
 from trustlab.certify.result import Certificate, Verdict
+from trustlab.certify.solver import SolverMethod
 from trustlab.certify.spec import margin_spec, other_classes
 from trustlab.errors import NumericalError, UnsupportedLayerError
 from trustlab.threat import LpBall
@@ -43,8 +44,11 @@ def certify(model: nn.Module | Network, x: Tensor, y: Tensor, threat: LpBall, *,
         x: clean inputs in ``[threat.lower, threat.upper]``, ``(N, *D)``; not modified.
         y: true labels ``(N,)``.
         threat: the l_inf or l_2 ball and the input box, in pixel space.
-        method: ``"ibp"``, ``"crown-ibp"``, ``"crown"``, ``"alpha-crown"`` or a configuration such as
-            ``AlphaCROWN(steps=50)``.
+        method: ``"ibp"``, ``"crown-ibp"``, ``"crown"``, ``"alpha-crown"``, ``"lp"``, ``"milp"`` or a
+            configuration such as ``AlphaCROWN(steps=50)`` or ``MILP(time_limit=60)``. The solver methods
+            (:class:`~trustlab.certify.solver.SolverMethod`) work one example at a time, give UNKNOWN for any
+            solver status other than optimal, and the MILP also FALSIFIED with a counterexample found inside the
+            threat set.
         batch_size: examples bounded together (``>= 1``); bounds do not depend on it (CERT-10).
         margin_tol: the margin a certificate needs, ``>= 0``.
 
@@ -74,6 +78,13 @@ def certify(model: nn.Module | Network, x: Tensor, y: Tensor, threat: LpBall, *,
             xb, yb = x[start : start + batch_size].detach(), y[start : start + batch_size]
             tic = time.perf_counter()
             logits = _plain_logits(model, network, xb)
+            if isinstance(config, SolverMethod):
+                found = config.certificates(model, network, xb, yb, threat, margin_tol=margin_tol, start=start,
+                                            settings=settings)
+                lower = torch.tensor([c.margin_lower for c in found], dtype=logits.dtype)
+                _check_sound(lower.to(logits.device), logits, yb, where=start)
+                out += found
+                continue
             lower = config.bounds(network, xb, threat, spec=margin_spec(yb, network.num_classes, dtype=xb.dtype)).lower
             seconds = (time.perf_counter() - tic) / len(xb)
             _check_sound(lower, logits, yb, where=start)

@@ -10,12 +10,15 @@ from trustlab.certify.config import BoundMethod
 from trustlab.certify.crown import CROWN
 from trustlab.certify.crown_ibp import CROWNIBP
 from trustlab.certify.ibp import IBP
+from trustlab.certify.lp import LP
+from trustlab.certify.milp import MILP
 
 __all__ = ["METHODS", "Method", "build_method", "resolve_method"]
 
-Method = Union[IBP, CROWNIBP, CROWN, AlphaCROWN]
+Method = Union[IBP, CROWNIBP, CROWN, AlphaCROWN, LP, MILP]
 
-METHODS: dict[str, type[Method]] = {"ibp": IBP, "crown-ibp": CROWNIBP, "crown": CROWN, "alpha-crown": AlphaCROWN}
+METHODS: dict[str, type[Method]] = {"ibp": IBP, "crown-ibp": CROWNIBP, "crown": CROWN, "alpha-crown": AlphaCROWN,
+                                    "lp": LP, "milp": MILP}
 
 
 def build_method(name: str, **params: Any) -> Method:

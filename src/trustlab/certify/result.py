@@ -58,6 +58,8 @@ class Certificate:
         settings: the method's hyperparameters and the threat, flat and JSON-safe.
         seconds: the batch's wall time divided among its examples.
         counterexample: for FALSIFIED, a point of the threat set that the model misclassifies; else ``None``.
+        solver: for the solver methods (LP, MILP, SDP), per class in ``classes``: ``status`` (``optimal``,
+            ``limit``, ...), ``seconds``, and for the MILP ``upper`` (the best feasible margin found); else None.
 
     Guarantee:
         CERTIFIED means that, up to floating-point rounding in the bound computation (no certificate is given
@@ -74,6 +76,7 @@ class Certificate:
     settings: dict[str, Any]
     seconds: float
     counterexample: Tensor | None = field(default=None, repr=False)
+    solver: dict[str, Any] | None = None
 
     @property
     def certified(self) -> bool:
@@ -96,6 +99,7 @@ class Certificate:
             "min_margin_lower": _json_float(self.min_margin_lower),
             "margin_lower": {str(j): _json_float(v) for j, v in zip(self.classes, self.margin_lower)},
             "seconds": self.seconds,
+            **({"solver": self.solver} if self.solver is not None else {}),
         }
 
 

@@ -75,7 +75,7 @@ def certificate_rows(certificates: list[Certificate], pred: list[int]) -> list[d
         rows.append({"idx": c.index, "y": c.label, "pred": int(p), "correct": int(p) == c.label,
                      "verdict": c.verdict.value, "certified": c.certified,
                      "min_margin_lower": record["min_margin_lower"], "margin_lower": record["margin_lower"],
-                     "seconds": c.seconds})
+                     "seconds": c.seconds, **({"solver": record["solver"]} if "solver" in record else {})})
     return rows
 
 
