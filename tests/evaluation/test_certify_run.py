@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
-from trustlab.certify import AlphaCROWN
+from trustlab.certify import LP, AlphaCROWN
 from trustlab.errors import RunInUseError
 from trustlab.evaluation import attack_run, certificate_id, certify_run
 from trustlab.evaluation.certify_run import certificate_rows
@@ -19,6 +21,7 @@ from trustlab.threat import LpBall
 from trustlab.training import TrainConfig, train_run
 
 record_set_module = importlib.import_module("trustlab.evaluation.record_set")
+certify_module = importlib.import_module("trustlab.evaluation.certify_run")
 
 
 class _Killed(BaseException):
@@ -37,7 +40,9 @@ def test_certificates_are_written_with_settings_checkpoint_and_one_row_per_examp
     threat = LpBall(0.02)
     summary = certify_run(run, "crown", threat, subset=30)
     folder = run / "certificates" / certificate_id("crown", threat, subset=30)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "records.jsonl", "summary.json"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["config.json", "records.jsonl", "summary.json"] or names == [
+        "config.json", "counterexamples.safetensors", "records.jsonl", "summary.json"]
     config = json.loads((folder / "config.json").read_text())
     assert config["method"] == {"method": "crown"} and config["threat"]["eps"] == 0.02 and config["subset"] == 30
     assert config["checkpoint"]["name"] == "epoch_0004" and len(config["checkpoint"]["sha256"]) == 64
@@ -48,6 +53,11 @@ def test_certificates_are_written_with_settings_checkpoint_and_one_row_per_examp
     assert all(r["correct"] for r in rows if r["certified"]) and 0 < summary["certified_acc"] <= summary["clean_acc"]
     assert all((r["verdict"] == "certified") == r["certified"] for r in rows)
     assert all(len(r["margin_lower"]) == 9 for r in rows)
+    falsified = [r["idx"] for r in rows if r["verdict"] == "falsified"]
+    assert summary["falsified"] == len(falsified) and summary["certified"] + summary["unknown"] + len(falsified) == 30
+    if falsified:  # the misclassified clean inputs, by idx
+        found = load_file(folder / "counterexamples.safetensors")
+        assert sorted(int(k) for k in found) == falsified
 
 
 def test_certified_examples_survive_pgd_on_the_same_prefix(run):
@@ -80,7 +90,40 @@ def test_a_killed_write_leaves_no_half_certificate(run, monkeypatch):
     with pytest.raises(_Killed):
         certify_run(run, "ibp", LpBall(0.03), subset=12)
     names = [p.name for p in (run / "certificates").iterdir()]
-    assert not any(n.startswith("ibp-linf-eps0.03-n12-") for n in names) and not any(n.startswith(".") for n in names)
+    assert not any(n.startswith("ibp-linf-eps0.03-n12-") for n in names)
+    # only the journal of the finished chunks is left, to resume from (no half-written record set)
+    assert [n for n in names if n.startswith(".")] == [f".{certificate_id('ibp', LpBall(0.03), subset=12)}.partial"]
+
+
+def test_a_killed_certification_resumes_from_its_journal_with_the_same_records(run, monkeypatch):
+    """DATA-04 for certificates: a solver method journals every few examples; a kill after the first chunk loses nothing
+    and the rerun certifies only the rest, with records equal to an uninterrupted run's (times aside)."""
+    threat = LpBall(0.02)
+    method = LP(intermediate="interval")
+    whole = certify_run(run, method, threat, subset=9)
+    folder = run / "certificates" / certificate_id(method, threat, subset=9)
+    want = read_records(folder / "records.jsonl")
+    shutil.rmtree(folder)
+    calls = {"n": 0}
+    real = certify_module.certify
+
+    def dies_on_second_chunk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(certify_module, "certify", dies_on_second_chunk)
+    with pytest.raises(_Killed):
+        certify_run(run, method, threat, subset=9)
+    monkeypatch.setattr(certify_module, "certify", real)
+    again = certify_run(run, method, threat, subset=9)
+    got = read_records(folder / "records.jsonl")
+    assert again["resumed_batches"] == 1 and again["n"] == whole["n"] == 9
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "solver")} for r in rows]  # noqa: E731
+    assert drop(got) == drop(want)
+    assert [r["solver"]["status"] for r in got] == [r["solver"]["status"] for r in want]
+    assert not (folder.parent / f".{folder.name}.partial").exists()
 
 
 def test_certify_refuses_a_run_another_process_writes_and_bad_arguments(run, tmp_path):

@@ -16,8 +16,8 @@ def _n_params(model: nn.Module) -> int:
 
 
 def test_registry_names():
-    assert model_names() == sorted(MODELS) == ["cnn-large", "cnn-small", "cnn-small-quantized", "mlp",
-                                                  "preact-resnet18"]
+    assert model_names() == sorted(MODELS) == ["cnn-large", "cnn-small", "cnn-small-quantized", "mlp", "mlp-1x100",
+                                                  "mlp-1x50", "mlp-2x100", "preact-resnet18"]
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -33,7 +33,8 @@ def test_forward_shape(name, dataset):
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn-small", "cnn-small-quantized", "cnn-large"])
+@pytest.mark.parametrize("name", ["mlp", "mlp-1x50", "mlp-1x100", "mlp-2x100", "cnn-small", "cnn-small-quantized",
+                                  "cnn-large"])
 def test_simple_models_are_sequential(name):
     assert type(build_model(name, in_shape=(1, 28, 28), num_classes=10)) is nn.Sequential
 
@@ -121,3 +122,11 @@ def test_seed_is_reproducible_and_leaves_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not torch.equal(a[0].weight, c[0].weight)
+
+
+@pytest.mark.parametrize(("name", "widths"), [("mlp-1x50", [50]), ("mlp-1x100", [100]), ("mlp-2x100", [100, 100])])
+def test_small_mlps_have_the_named_hidden_widths(name, widths):
+    model = build_model(name, in_shape=(1, 28, 28), num_classes=10)
+    linear = [m for m in model if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linear] == [*widths, 10] and linear[0].in_features == 784
+    assert sum(isinstance(m, nn.ReLU) for m in model) == len(widths)

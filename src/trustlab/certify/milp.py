@@ -71,7 +71,8 @@ def solve_milp(program: ReluProgram, cost: np.ndarray, const: float, *, time_lim
     seconds = time.perf_counter() - tic
     status = _STATUS.get(res.status, "numerical")
     dual = getattr(res, "mip_dual_bound", None)
-    lower = float(dual) + const if dual is not None and math.isfinite(dual) else -math.inf
+    proven = status in (OPTIMAL, "limit") and dual is not None and math.isfinite(dual)
+    lower = float(dual) + const if proven else -math.inf  # only a finished or stopped search proves its bound
     if res.x is None:
         return RowResult(lower, status, seconds)
     upper = float(res.fun) + const

@@ -16,18 +16,28 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import save
+from torch import Tensor
 
 from trustlab.attacks import predict_proba
 from trustlab.attacks.base import threat_dict
 from trustlab.certify import MARGIN_TOL, Certificate, Method, certify
 from trustlab.certify.registry import resolve_method
+from trustlab.certify.solver import SolverMethod
 from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
 from trustlab.device import resolve_device, runtime_info
 from trustlab.evaluation.record_set import (check_run, check_subset, commit_record_set, committed_summary,
                                             evaluation_examples)
+from trustlab.evaluation.journal import BatchJournal, partial_folder
+from trustlab.progress import progress_bar
 from trustlab.runs import config_hash, versions
 from trustlab.runs.folder import run_lock
 from trustlab.threat import LpBall
@@ -38,6 +48,8 @@ __all__ = ["certificate_config", "certificate_id", "certificate_rows", "certify_
 
 log = logging.getLogger(__name__)
 CERTIFICATES_DIR = "certificates"  # RUN/certificates/<id>/
+COUNTEREXAMPLES = "counterexamples.safetensors"  # FALSIFIED examples' points, keyed by idx
+SOLVER_CHUNK = 4  # examples a solver method certifies between two journal entries
 DEFAULT_BATCH_SIZE = 256
 
 
@@ -82,7 +94,7 @@ def certificate_rows(certificates: list[Certificate], pred: list[int]) -> list[d
 def certify_run(
     run_dir: Path, method: str | Method, threat: LpBall, *, subset: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE, margin_tol: float = MARGIN_TOL, root: str | None = None,
-    device: str = "auto", reuse: bool = False,
+    device: str = "auto", reuse: bool = False, progress: bool = False,
 ) -> dict[str, Any]:
     """Certify the run's latest (final) checkpoint on its test split and commit ``RUN/certificates/<id>/``.
 
@@ -96,10 +108,16 @@ def certify_run(
         root: the data root (default: the run's, then ``$TRUSTLAB_DATA``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         reuse: return a committed certification with exactly this configuration on the same checkpoint as is.
+        progress: show a progress bar over the chunks.
+
+    A killed certification resumes: finished chunks are journaled in ``RUN/certificates/.<id>.partial/`` and
+    the same call goes on from the next one (:mod:`trustlab.evaluation.journal`).
 
     Returns:
         The summary: ``method, n, clean_acc, certified_acc, mean_min_margin_lower, seconds,
-        seconds_per_example, checkpoint, checkpoint_sha256``.
+        seconds_per_example, seconds_median, seconds_max`` (per example), the verdict counts ``certified,
+        falsified, unknown``, ``solver_status`` (solver methods: counts over example and class),
+        ``checkpoint, checkpoint_sha256``.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a trustlab run or has no checkpoint.
@@ -125,23 +143,63 @@ def certify_run(
         model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
         x, y = (t.to(dev) for t in evaluation_examples(run_dir, root=root, subset=subset))
         log.info("certify %s on %d test examples of %s (%s)", identity["name"], len(x), run_dir, dev)
-        t0 = time.perf_counter()
-        certificates = certify(model, x, y, threat, method=method, batch_size=batch_size, margin_tol=margin_tol)
-        seconds = time.perf_counter() - t0
         pred = predict_proba(model, x, batch_size=batch_size).argmax(1).tolist()
-        records = certificate_rows(certificates, pred)
+        journal = BatchJournal(partial_folder(out), identity, checkpoint)
+        t0 = time.perf_counter()
+        records, found = _certify_journaled(model, x, y, threat, resolve_method(method), pred, journal,
+                                            batch_size=batch_size, margin_tol=margin_tol, progress=progress)
+        seconds = time.perf_counter() - t0 + journal.resumed_seconds
         summary = _summary(identity["name"], records, seconds, ckpt_dir.name, checkpoint["sha256"])
+        if journal.resumed_batches:
+            summary["resumed_batches"] = journal.resumed_batches
         config = {**identity, "batch_size": batch_size, "checkpoint": checkpoint, "run": str(run_dir),
                   "runtime": runtime_info(dev), "versions": versions()}
-        commit_record_set(out, {"config.json": config, "records.jsonl": records, "summary.json": summary})
+        files: dict[str, Any] = {"config.json": config, "records.jsonl": records}
+        if found:  # the points inside the threat set that the model misclassifies, by example idx
+            files[COUNTEREXAMPLES] = save({str(i): t.contiguous() for i, t in found.items()})
+        files["summary.json"] = summary
+        commit_record_set(out, files)
+        journal.clear()
     return summary
+
+
+def _certify_journaled(model, x: Tensor, y: Tensor, threat: LpBall, method: Method, pred: list[int],
+                       journal: BatchJournal, *, batch_size: int, margin_tol: float,
+                       progress: bool) -> tuple[list[dict[str, Any]], dict[int, Tensor]]:
+    """Certify in chunks, each journaled when done (its records and FALSIFIED counterexamples), so that a killed
+    certification resumes from the next chunk. A solver method journals every few examples (each may take a
+    minute), a bound method every batch."""
+    chunk = min(batch_size, SOLVER_CHUNK) if isinstance(method, SolverMethod) else batch_size
+    done = journal.resume(torch.Generator())  # certification draws no randomness; the journal wants a state
+    records = [r for _, extra in done for r in extra["records"]]
+    found = {int(k): t.to(x.device) for tensors, _ in done for k, t in tensors.items()}
+    for start in progress_bar(range(len(records), len(x), chunk), desc="certify", enabled=progress):
+        tic = time.perf_counter()
+        certs = [replace(c, index=c.index + start) for c in
+                 certify(model, x[start : start + chunk], y[start : start + chunk], threat, method=method,
+                         batch_size=batch_size, margin_tol=margin_tol)]
+        rows = certificate_rows(certs, pred[start : start + chunk])
+        new = {c.index: c.counterexample for c in certs if c.counterexample is not None}
+        journal.append({str(i): t for i, t in new.items()}, torch.Generator(), records=rows,
+                       seconds=time.perf_counter() - tic)
+        records += rows
+        found.update(new)
+    return records, found
 
 
 def _summary(method: str, records: list[dict[str, Any]], seconds: float, checkpoint: str,
              sha256: str) -> dict[str, Any]:
     n = len(records)
     finite = [r["min_margin_lower"] for r in records if r["min_margin_lower"] is not None]
-    return {"method": method, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
-            "certified_acc": sum(r["certified"] for r in records) / n,
-            "mean_min_margin_lower": sum(finite) / len(finite) if finite else None, "seconds": seconds,
-            "seconds_per_example": seconds / n, "checkpoint": checkpoint, "checkpoint_sha256": sha256}
+    times = [r["seconds"] for r in records]
+    verdicts = Counter(r["verdict"] for r in records)
+    out = {"method": method, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
+           "certified_acc": sum(r["certified"] for r in records) / n,
+           "mean_min_margin_lower": sum(finite) / len(finite) if finite else None, "seconds": seconds,
+           "seconds_per_example": seconds / n, "seconds_median": statistics.median(times),
+           "seconds_max": max(times), "certified": verdicts["certified"], "falsified": verdicts["falsified"],
+           "unknown": verdicts["unknown"], "checkpoint": checkpoint, "checkpoint_sha256": sha256}
+    statuses = Counter(s for r in records if "solver" in r for s in r["solver"]["status"])
+    if statuses:
+        out["solver_status"] = dict(sorted(statuses.items()))  # over (example, class) pairs
+    return out

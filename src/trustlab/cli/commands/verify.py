@@ -20,12 +20,12 @@ from pathlib import Path
 from trustlab.cli.parsing import shown
 
 NAME = "verify"
-HELP = "certify a trained run's model (IBP, CROWN-IBP, CROWN, alpha-CROWN) and compare with PGD"
+HELP = "certify a trained run's model (IBP, CROWN-IBP, CROWN, alpha-CROWN, LP, MILP, SDP) and compare with PGD"
 
 DEFAULT_METHODS = "ibp,crown-ibp,crown,alpha-crown"
-_COLUMNS = ("method", "certified", "pgd", "clean", "margin", "ms")
+_COLUMNS = ("method", "certified", "pgd", "clean", "margin", "unknown", "ms", "ms_median", "ms_max")
 _HEADERS = {"certified": "certified acc", "pgd": "PGD acc", "clean": "clean acc", "margin": "mean min margin LB",
-            "ms": "ms / example"}
+            "unknown": "unknown", "ms": "ms / example", "ms_median": "median ms", "ms_max": "max ms"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="certify the first N test examples of the seeded split (default 1000; the whole split if "
                         "it is smaller)")
     p.add_argument("--batch-size", type=int, default=256, help="examples bounded together (default 256)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds per example for the solver methods lp (per LP), milp and sdp (default: each "
+                        "method's own; milp 60); a solve stopped by it is UNKNOWN, never certified")
+    p.add_argument("--intermediate", choices=["interval", "crown", "lp"], default=None,
+                   help="where lp and milp take their ReLU (big-M) bounds from (default: lp crown, milp lp)")
     p.add_argument("--pgd-steps", type=int, default=50, help="steps of the PGD comparison (default 50)")
     p.add_argument("--pgd-restarts", type=int, default=1, help="restarts of the PGD comparison (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of PGD's random starts")
@@ -69,26 +74,32 @@ def run(args: argparse.Namespace) -> int:
     from trustlab.reports.tables import markdown_table
     from trustlab.threat import LpBall
 
-    methods = parse_methods(args.method)
+    names = parse_methods(args.method)
+    methods = [_configure(m, args) for m in names]
+    for flag, key in (("--time-limit", "time_limit"), ("--intermediate", "intermediate")):
+        if getattr(args, key) is not None and not any(key in m.settings() for m in methods):
+            raise ValueError(f"{flag} applies to the solver methods (lp, milp, sdp); none of {names} takes it")
     threat = LpBall(args.eps, args.p)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     run_dir = Path(args.run)
     common = {"subset": args.n, "root": args.root, "device": args.device}
-    summaries = {m: certify_run(run_dir, m, threat, batch_size=args.batch_size, **common) for m in methods}
+    summaries = {name: certify_run(run_dir, m, threat, batch_size=args.batch_size, progress=not args.quiet, **common)
+                 for name, m in zip(names, methods)}
     pgd_params = {"steps": args.pgd_steps, "restarts": args.pgd_restarts}
     pgd = attack_run(run_dir, "pgd", threat, pgd_params, batch_size=args.batch_size, seed=args.seed, reuse=True,
                      progress=not args.quiet, **common)
     pgd_dir = run_dir / "attacks" / attack_id("pgd", threat, pgd_params, seed=args.seed, subset=args.n,
                                               batch_size=args.batch_size)
     rows = [{"method": m, "certified": s["certified_acc"], "pgd": pgd["robust_acc"], "clean": s["clean_acc"],
-             "margin": s["mean_min_margin_lower"], "ms": 1000 * s["seconds_per_example"]}
+             "margin": s["mean_min_margin_lower"], "unknown": s["unknown"], "ms": 1000 * s["seconds_per_example"],
+             "ms_median": 1000 * s["seconds_median"], "ms_max": 1000 * s["seconds_max"]}
             for m, s in summaries.items()]
     n = next(iter(summaries.values()))["n"]
     print(f"{shown(args.run)}: {_threat(threat)} on the first "
           f"{n} test examples; PGD-{args.pgd_steps}x{args.pgd_restarts} in {shown(pgd_dir.name)}")
     print(markdown_table(rows, _COLUMNS, headers=_HEADERS,
-                         floatfmt={"margin": ".3f", "ms": ".2f"}, percent={"certified", "pgd", "clean"}), end="")
+                         floatfmt={"margin": ".3f", "ms": ".2f", "ms_median": ".2f", "ms_max": ".2f"}, percent={"certified", "pgd", "clean"}), end="")
     broken = _certified_but_broken(run_dir, methods, threat, args.n, pgd_dir)
     if broken:
         print(f"trustlab verify: error: EVAL-14 soundness bug: {json.dumps(broken)} (method -> example idx "
@@ -98,12 +109,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure(name: str, args: argparse.Namespace):
+    """The method's configuration: its defaults, with ``--time-limit`` and ``--intermediate`` where it has them."""
+    from dataclasses import fields
+
+    from trustlab.certify import METHODS, build_method
+
+    valid = {f.name for f in fields(METHODS[name])}
+    params = {k: v for k, v in (("time_limit", args.time_limit), ("intermediate", args.intermediate))
+              if v is not None and k in valid}
+    return build_method(name, **params)
+
+
 def _threat(threat) -> str:
     norm = "l_inf" if math.isinf(threat.p) else "l_2"
     return f"{norm} eps={threat.eps:g}"
 
 
-def _certified_but_broken(run_dir: Path, methods: list[str], threat, n: int, pgd_dir: Path) -> dict[str, list[int]]:
+def _certified_but_broken(run_dir: Path, methods: list, threat, n: int, pgd_dir: Path) -> dict[str, list[int]]:
     """Per method, the examples it certified that the PGD records say were broken (EVAL-14: should be none)."""
     from trustlab.evaluation import certificate_id
     from trustlab.runs import read_records
@@ -115,5 +138,5 @@ def _certified_but_broken(run_dir: Path, methods: list[str], threat, n: int, pgd
         hits = sorted(int(r["idx"]) for r in read_records(folder / "records.jsonl") if r["certified"]
                       and int(r["idx"]) in broken)
         if hits:
-            out[m] = hits
+            out[m if isinstance(m, str) else m.name] = hits
     return out
