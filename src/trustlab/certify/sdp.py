@@ -90,7 +90,9 @@ def sdp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec:
         spec: ``C`` of shape ``(N, S, K)``; ``None`` bounds the logits.
         solver: ``"SCS"`` or ``"CLARABEL"``.
         eps_abs, eps_rel: the solver's stopping tolerances, also subtracted from its value (module docstring).
-        time_limit: seconds per SDP, or None; a solve that stops early gives the trivial bound (``-inf``/``inf``).
+        time_limit: seconds per SDP solve (cvxpy's compilation, once per example, is not counted), or None (SCS
+            then stops after 100,000 iterations); a solve that stops early gives the trivial bound (``-inf``/``inf``;
+            SCS reports a time limit as inaccurate).
         fix_stable: fix the stable ReLUs instead of relaxing them (same optimum, smaller program).
 
     Returns:
