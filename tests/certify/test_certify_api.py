@@ -95,7 +95,7 @@ def test_cert05_certified_examples_survive_pgd_100x10_and_apgd(p, small_model, s
 
 
 def test_registry_and_configs():
-    assert set(METHODS) >= {"ibp", "crown-ibp", "crown", "alpha-crown", "lp", "milp"}
+    assert set(METHODS) >= {"ibp", "crown-ibp", "crown", "alpha-crown", "lp", "milp", "sdp"}
     assert build_method("alpha-crown", steps=5) == AlphaCROWN(steps=5)
     with pytest.raises(ValueError, match="unknown certification method 'gurobi'"):
         build_method("gurobi")

@@ -1,4 +1,4 @@
-"""Certified robustness: bound propagation (IBP, CROWN-IBP, CROWN, alpha-CROWN) and solvers (LP, exact MILP).
+"""Certified robustness: bound propagation (IBP, CROWN-IBP, CROWN, alpha-CROWN) and solvers (LP, exact MILP, SDP).
 
 ``certify(model, x, y, threat, method=...)`` returns a :class:`Certificate` per example; ``margin_bounds`` gives
 the differentiable margin lower bounds for certified training; ``ibp_bounds``, ``crown_ibp_bounds``,
@@ -21,6 +21,7 @@ from trustlab.certify.milp import MILP, milp_bounds
 from trustlab.certify.network import Network, to_network
 from trustlab.certify.registry import METHODS, Method, build_method
 from trustlab.certify.result import Bounds, Certificate, Verdict
+from trustlab.certify.sdp import SDP, sdp_bounds
 from trustlab.certify.spec import margin_spec
 from trustlab.errors import UnsupportedLayerError
 
@@ -33,12 +34,14 @@ __all__ = [
     "alpha_crown_bounds",
     "lp_bounds",
     "milp_bounds",
+    "sdp_bounds",
     "IBP",
     "CROWNIBP",
     "CROWN",
     "AlphaCROWN",
     "LP",
     "MILP",
+    "SDP",
     "METHODS",
     "Method",
     "build_method",

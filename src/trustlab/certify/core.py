@@ -44,7 +44,7 @@ def certify(model: nn.Module | Network, x: Tensor, y: Tensor, threat: LpBall, *,
         x: clean inputs in ``[threat.lower, threat.upper]``, ``(N, *D)``; not modified.
         y: true labels ``(N,)``.
         threat: the l_inf or l_2 ball and the input box, in pixel space.
-        method: ``"ibp"``, ``"crown-ibp"``, ``"crown"``, ``"alpha-crown"``, ``"lp"``, ``"milp"`` or a
+        method: ``"ibp"``, ``"crown-ibp"``, ``"crown"``, ``"alpha-crown"``, ``"lp"``, ``"milp"``, ``"sdp"`` or a
             configuration such as ``AlphaCROWN(steps=50)`` or ``MILP(time_limit=60)``. The solver methods
             (:class:`~trustlab.certify.solver.SolverMethod`) work one example at a time, give UNKNOWN for any
             solver status other than optimal, and the MILP also FALSIFIED with a counterexample found inside the

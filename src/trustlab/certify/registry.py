@@ -12,13 +12,14 @@ from trustlab.certify.crown_ibp import CROWNIBP
 from trustlab.certify.ibp import IBP
 from trustlab.certify.lp import LP
 from trustlab.certify.milp import MILP
+from trustlab.certify.sdp import SDP
 
 __all__ = ["METHODS", "Method", "build_method", "resolve_method"]
 
-Method = Union[IBP, CROWNIBP, CROWN, AlphaCROWN, LP, MILP]
+Method = Union[IBP, CROWNIBP, CROWN, AlphaCROWN, LP, MILP, SDP]
 
 METHODS: dict[str, type[Method]] = {"ibp": IBP, "crown-ibp": CROWNIBP, "crown": CROWN, "alpha-crown": AlphaCROWN,
-                                    "lp": LP, "milp": MILP}
+                                    "lp": LP, "milp": MILP, "sdp": SDP}
 
 
 def build_method(name: str, **params: Any) -> Method:
