@@ -310,3 +310,18 @@ def test_solvers_refuse_l2_and_bad_settings(small_model, test_batch):
         MILP(time_limit=0)
     with pytest.raises(TypeError, match="early_stop must be a bool"):
         MILP(early_stop=1)
+
+
+def test_milp_attacks_first_and_falsifies_with_a_rechecked_counterexample(small_model, test_batch):
+    x, y = test_batch[0][:4], test_batch[1][:4]
+    threat = LpBall(0.3)  # far beyond what the digits MLP withstands: PGD breaks every example
+    certs = certify(small_model, x, y, threat, method=MILP(time_limit=5))
+    for c in certs:
+        assert c.verdict is Verdict.FALSIFIED
+        xc = c.counterexample.unsqueeze(0)
+        assert bool(threat.contains(xc, x[c.index : c.index + 1], atol=1e-6).all())
+        assert int(small_model(xc).argmax(1)) != c.label
+        if int(small_model(x[c.index : c.index + 1]).argmax(1)) == c.label:  # not misclassified at x itself
+            assert c.solver["status"].count("attack") == 1 and set(c.solver["status"]) == {"attack", "skipped"}
+    with pytest.raises(ValueError, match="attack_steps must be >= 0"):
+        MILP(attack_steps=-1)

@@ -15,10 +15,12 @@ Verdicts (reliability-tests CERT-04, CERT-09):
 - CERTIFIED needs every class solved to optimality with the proven (dual) bound above the tolerance;
 - a time limit or any other solver status gives UNKNOWN with the best proven dual bound, never CERTIFIED.
 
-``early_stop`` (the default) decides the sign and no more: a class whose LP relaxation (on the same bounds)
-already proves the margin positive is not branched on (status ``bound``), and the classes after a falsified one
-are not solved (status ``skipped``); the exact margin of every class is computed with ``early_stop=False``.
-The statuses are recorded per class.
+``early_stop`` (the default) decides the sign and no more: first a short PGD attack (``attack_steps`` steps,
+seeded) looks for a counterexample, and one it finds (re-checked in float32 inside the threat set) makes the
+example FALSIFIED with no solve (status ``attack`` for the class it reaches, ``skipped`` for the others); then a
+class whose LP relaxation (on the same bounds) already proves the margin positive is not branched on (status
+``bound``), and the classes after a falsified one are not solved (``skipped``). The exact margin of every class is
+computed with ``early_stop=False``. The statuses are recorded per class.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ import torch
 from scipy import optimize
 from torch import Tensor, nn
 
+from trustlab.attacks.pgd import pgd
 from trustlab.certify.lp import build_program
 from trustlab.certify.network import Network, prepare
 from trustlab.certify.program import INTERMEDIATE, ReluProgram, check_linf, solve_lp
 from trustlab.certify.result import Bounds
 from trustlab.certify.solver import OPTIMAL, RowResult, SolverMethod
 from trustlab.threat import LpBall
-from trustlab.validation import check_nonneg_float
+from trustlab.validation import check_nonneg_float, check_positive_int
 
 __all__ = ["milp_bounds", "MILP", "solve_milp", "DEFAULT_TIME_LIMIT"]
 
@@ -120,7 +123,8 @@ def milp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec
 @dataclass(frozen=True)
 class MILP(SolverMethod):
     """Configuration of the exact MILP: big-M from ``intermediate`` bounds (``lp``, ``crown``, ``interval``), a
-    ``time_limit`` in seconds per example, and ``early_stop`` (decide the sign only; see the module docstring)."""
+    ``time_limit`` in seconds per example, ``early_stop`` (decide the sign only; see the module docstring) and the
+    ``attack_steps`` of the PGD run first under ``early_stop`` (0: none)."""
 
     name: ClassVar[str] = "milp"
     function = staticmethod(milp_bounds)
@@ -129,8 +133,10 @@ class MILP(SolverMethod):
     intermediate: str = "lp"
     time_limit: float = DEFAULT_TIME_LIMIT
     early_stop: bool = True
+    attack_steps: int = 20
 
     def __post_init__(self) -> None:
+        check_positive_int(self.attack_steps, "attack_steps", minimum=0)
         if self.intermediate not in INTERMEDIATE:
             raise ValueError(f"intermediate must be one of {INTERMEDIATE}, got {self.intermediate!r}")
         check_nonneg_float(self.time_limit, "time_limit", positive=True)
@@ -140,6 +146,10 @@ class MILP(SolverMethod):
     def solve_example(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
                       plain: nn.Module | Network | None = None, label: int | None = None) -> list[RowResult]:
         check_linf(threat, "the MILP")
+        if self.early_stop and self.attack_steps and plain is not None and label is not None:
+            found = _attack_first(plain, x, label, threat, rows, steps=self.attack_steps)
+            if found is not None:
+                return found
         deadline = time.perf_counter() + self.time_limit
         tic = time.perf_counter()
         program = build_program(network, x, threat, self.intermediate, integer=True)
@@ -170,6 +180,27 @@ class MILP(SolverMethod):
                                  point=point))
             falsified = point is not None and self.early_stop
         return out
+
+
+def _attack_first(plain: nn.Module | Network, x: Tensor, label: int, threat: LpBall, rows: Tensor, *,
+                  steps: int) -> list[RowResult] | None:
+    """A PGD counterexample, as row results (``attack`` for the first row whose margin it makes non-positive,
+    ``skipped`` for the rest), or None when PGD finds none. Seeded, so that certification is reproducible."""
+    tic = time.perf_counter()
+    x = x.detach()
+    y = torch.tensor([label], device=x.device)
+    with torch.enable_grad():
+        x_adv = pgd(plain, x, y, threat, steps=steps, generator=torch.Generator(device=x.device).manual_seed(0))
+    x_lo, x_hi = threat.box(x)
+    point = _misclassified(plain, x_adv.flatten().double().cpu().numpy(), x_lo, x_hi, label)
+    if point is None:
+        return None
+    with torch.no_grad():
+        margins = rows.to(x.dtype) @ plain(point.view_as(x))[0]
+    hit = int(torch.nonzero(margins <= 0)[0, 0]) if bool((margins <= 0).any()) else 0
+    seconds = time.perf_counter() - tic
+    return [RowResult(-math.inf, "attack", seconds, upper=float(margins[k]), point=point) if k == hit
+            else RowResult(-math.inf, "skipped", 0.0) for k in range(len(rows))]
 
 
 def _misclassified(plain: nn.Module | Network, point: np.ndarray, x_lo: Tensor, x_hi: Tensor,
