@@ -121,3 +121,35 @@ def test_a_certificate_config_without_a_threat_is_named(run):
     _write_json(folder / "config.json", {"name": "ibp"})
     with pytest.raises(ValueError, match=r"config.json needs threat.eps and the method's name"):
         load_run(run)
+
+
+def test_solver_rows_show_unknowns_times_and_the_counterexamples_a_method_proved(run, tmp_path):
+    """Issue 15: the section's table gives UNKNOWN counts and median/max time per example; the examples a solver
+    proved non-robust (verdict falsified on a correctly classified input) are drawn from counterexamples.safetensors,
+    the clean misclassifications are not."""
+    import torch
+    from safetensors.torch import save_file
+
+    robust = sorted(_robust(run))
+    folder = _write_certificate(run, "milp", 0.1, set(robust[:5]))
+    rows = [json.loads(x) for x in (folder / "records.jsonl").read_text().splitlines()]
+    proven = [r["idx"] for r in rows if r["verdict"] == "unknown"][:3]
+    wrong = [r["idx"] for r in rows if r["verdict"] == "falsified"][:1]
+    for r in rows:
+        if r["idx"] in proven:
+            r["verdict"] = "falsified"
+    _write_rows(folder / "records.jsonl", rows)
+    summary = json.loads((folder / "summary.json").read_text())
+    _write_json(folder / "summary.json", {**summary, "seconds_median": 0.25, "seconds_max": 4.0})
+    idx = proven + wrong
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.rand(len(idx), 1, 8, 8, generator=gen)
+    save_file({"idx": torch.tensor(idx), "clean": clean, "counterexample": (clean + 0.1).clamp(0, 1)},
+              str(folder / "counterexamples.safetensors"))
+    build_report([run], tmp_path / "rep", eps=0.1)
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    (row,) = [r for r in data["certificates"] if r["method"] == "milp"]
+    unknown = sum(r["verdict"] == "unknown" for r in rows)
+    assert row["unknown"] == unknown and row["ms_median"] == 250.0 and row["ms_max"] == 4000.0
+    figures = sorted(p.name for p in (tmp_path / "rep").rglob("counterexamples-*.png"))
+    assert len(figures) == 1 and "milp" in figures[0]

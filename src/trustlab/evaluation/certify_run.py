@@ -48,7 +48,7 @@ __all__ = ["certificate_config", "certificate_id", "certificate_rows", "certify_
 
 log = logging.getLogger(__name__)
 CERTIFICATES_DIR = "certificates"  # RUN/certificates/<id>/
-COUNTEREXAMPLES = "counterexamples.safetensors"  # FALSIFIED examples' points, keyed by idx
+COUNTEREXAMPLES = "counterexamples.safetensors"  # FALSIFIED examples: idx (M,), clean and counterexample (M, *D)
 SOLVER_CHUNK = 4  # examples a solver method certifies between two journal entries
 DEFAULT_BATCH_SIZE = 256
 
@@ -155,8 +155,11 @@ def certify_run(
         config = {**identity, "batch_size": batch_size, "checkpoint": checkpoint, "run": str(run_dir),
                   "runtime": runtime_info(dev), "versions": versions()}
         files: dict[str, Any] = {"config.json": config, "records.jsonl": records}
-        if found:  # the points inside the threat set that the model misclassifies, by example idx
-            files[COUNTEREXAMPLES] = save({str(i): t.contiguous() for i, t in found.items()})
+        if found:  # the points inside the threat set that the model misclassifies, beside their clean inputs
+            idx = sorted(found)
+            files[COUNTEREXAMPLES] = save({"idx": torch.tensor(idx, dtype=torch.int64),
+                                           "clean": torch.stack([x[i] for i in idx]).cpu().contiguous(),
+                                           "counterexample": torch.stack([found[i] for i in idx]).cpu().contiguous()})
         files["summary.json"] = summary
         commit_record_set(out, files)
         journal.clear()

@@ -40,7 +40,7 @@ __all__ = ["KIND", "CertificateView", "CERTIFICATE_KEYS", "CERTIFIED_BUT_BROKEN"
 
 CERTIFICATE_KEYS = ("idx", "y", "verdict", "certified")
 CERTIFIED_BUT_BROKEN = "certified_but_broken"
-METHOD_ORDER = ("ibp", "crown-ibp", "crown", "alpha-crown")  # loosest to tightest; others after, by name
+METHOD_ORDER = ("ibp", "crown-ibp", "crown", "alpha-crown", "lp", "sdp", "milp")  # loosest to tightest, roughly
 _SHOWN = 10  # example idx named in a flag's message
 
 
@@ -199,11 +199,18 @@ def _row(run: RunView, cert: CertificateView) -> dict[str, Any]:
             "certified": certified, "attack": attack, "n_attack": n_attack,
             "gap": None if attack is None else attack - certified,
             "margin": cert.summary.get("mean_min_margin_lower"),
-            "ms_per_example": None if seconds is None else 1000 * float(seconds)}
+            "unknown": sum(r["verdict"] == "unknown" for r in cert.records),
+            "ms_per_example": None if seconds is None else 1000 * float(seconds),
+            "ms_median": _ms(cert.summary.get("seconds_median")), "ms_max": _ms(cert.summary.get("seconds_max"))}
 
 
-_TABLE = ["method", "p", "eps", "n", "clean", "certified", "attack", "n_attack", "gap", "margin", "ms_per_example"]
-_FMT = {"eps": "g", "margin": ".3f", "ms_per_example": ".2f"}
+def _ms(seconds: Any) -> float | None:
+    return None if seconds is None else 1000 * float(seconds)
+
+
+_TABLE = ["method", "p", "eps", "n", "clean", "certified", "attack", "n_attack", "gap", "margin", "unknown",
+          "ms_per_example", "ms_median", "ms_max"]
+_FMT = {"eps": "g", "margin": ".3f", "ms_per_example": ".2f", "ms_median": ".2f", "ms_max": ".2f"}
 _PERCENT = {"clean", "certified", "attack", "gap"}
 
 
@@ -259,8 +266,37 @@ def _section(ctx: ReportContext) -> ReportPart:
         mine = [_row(run, v) for v in _views(run)]
         body.table(mine, _TABLE, floatfmt=_FMT, percent=_PERCENT)
         rows += mine
+        for v in _views(run):
+            _counterexamples(body, run, v, i, ctx.max_examples)
     return ReportPart(body.section("certified", "Certified accuracy"),
                       {"certificates": rows, "certificate_flags": [asdict(f) for f in flags]})
+
+
+def _counterexamples(body: Body, run: RunView, view: CertificateView, i: int, limit: int) -> None:
+    """The points a method proved non-robust (a solver's counterexamples, not the clean misclassifications), as
+    clean / difference / counterexample rows, from the set's ``counterexamples.safetensors``."""
+    path = view.path / "counterexamples.safetensors"
+    proven = {int(r["idx"]): r for r in view.records if r["verdict"] == "falsified" and r.get("correct")}
+    if not proven or not path.exists():
+        return
+    from safetensors.numpy import load_file
+
+    grid = load_file(path)
+    take = [j for j, idx in enumerate(grid["idx"].tolist()) if int(idx) in proven][:limit]
+    if not take:
+        return
+    lower, upper = float(view.threat.get("lower", 0.0)), float(view.threat.get("upper", 1.0))
+    x, cx = grid["clean"][take], grid["counterexample"][take]
+    if x.ndim == 2:  # flat inputs cannot be drawn as images
+        return
+    titles = [(f"idx {int(grid['idx'][j])}: y={proven[int(grid['idx'][j])]['y']}", "counterexample") for j in take]
+    png = plots.plot_examples(x, cx, titles, lower=lower, upper=upper,
+                              title=f"{run.name}: {view.method} counterexamples at eps={view.eps:g}")
+    body.figure(png, f"counterexamples-{slug(i, run.name, view.id)}.png",
+                alt=f"{view.method} counterexamples of {run.name}",
+                caption=f"Examples {view.method} proved not robust at {norm_label(view.p)} eps={view.eps:g}: the "
+                        "clean image, the difference (amplified), and a point of the threat set that the plain "
+                        "model misclassifies (re-checked in float32).")
 
 
 def _run_part(run: RunView, ctx: ReportContext) -> Fragment:
