@@ -1,0 +1,20 @@
+"""Jailbreak suffixes and SmoothLLM on any LLM behind ``generate(prompts) -> responses``.
+
+- :mod:`~trustlab.llm.perturbations`: random swap, patch and insert on the perturbable span of a :class:`Prompt`.
+- :mod:`~trustlab.llm.judge`: the refusal-phrase judge (versioned list) or any callable.
+- :mod:`~trustlab.llm.smoothllm`: :func:`smooth_llm` (Robey et al. 2023) and its defense-success probability.
+
+Nothing here imports transformers; the backends and GCG import it when they are used.
+"""
+
+from trustlab.llm.judge import DEFAULT_JUDGE_VERSION, REFUSAL_PREFIXES, RefusalJudge, describe_judge
+from trustlab.llm.perturbations import (ALPHABET, PERTURBATIONS, Prompt, get_perturbation, perturb_prompt,
+                                        random_insert, random_patch, random_swap)
+from trustlab.llm.smoothllm import (TIE_IS_JAILBROKEN, SmoothLLMConfig, SmoothLLMResult, batched_generate,
+                                    copy_defended_probability, defense_success_probability, majority_vote,
+                                    smooth_llm)
+
+__all__ = ["DEFAULT_JUDGE_VERSION", "REFUSAL_PREFIXES", "RefusalJudge", "describe_judge", "ALPHABET",
+           "PERTURBATIONS", "Prompt", "get_perturbation", "perturb_prompt", "random_insert", "random_patch",
+           "random_swap", "TIE_IS_JAILBROKEN", "SmoothLLMConfig", "SmoothLLMResult", "batched_generate",
+           "copy_defended_probability", "defense_success_probability", "majority_vote", "smooth_llm"]
