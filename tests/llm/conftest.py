@@ -38,7 +38,8 @@ def make_tiny_llama(vocab_size: int, seed: int = 0):
 
     config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=512, tie_word_embeddings=False)
+                                      max_position_embeddings=512, tie_word_embeddings=False,
+                                      initializer_range=0.3)  # peaked logits: the suffix matters
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.LlamaForCausalLM(config)
