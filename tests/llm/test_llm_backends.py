@@ -89,6 +89,9 @@ def test_api_key_is_sent_but_never_recorded_or_logged(chat_server, monkeypatch, 
 def test_http_backend_rejects_bad_settings():
     with pytest.raises(ValueError, match="base_url must be an http\\(s\\) URL, got 'file:///etc/passwd'"):
         OpenAIChatBackend("file:///etc/passwd", model="m")
+    with pytest.raises(ValueError, match="must not hold credentials") as err:
+        OpenAIChatBackend("http://user:sk-secret@127.0.0.1:1/v1", model="m")
+    assert "sk-secret" not in str(err.value)
     with pytest.raises(ValueError, match="concurrency must be >= 1"):
         OpenAIChatBackend("http://127.0.0.1:1/v1", model="m", concurrency=0)
     with pytest.raises(ValueError, match="timeout must be finite and > 0"):

@@ -81,6 +81,8 @@ class OpenAIChatBackend:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        if parts.username is not None or parts.password is not None:  # it would be logged and recorded
+            raise ValueError("base_url must not hold credentials; put the key in the variable named by api_key_env")
         check_positive_int(self.max_tokens, "max_tokens")
         check_nonneg_float(self.temperature, "temperature")
         check_nonneg_float(self.timeout, "timeout", positive=True)
