@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "TrustlabError",
+    "BackendError",
     "CheckpointError",
     "DataError",
     "MissingDependencyError",
@@ -19,6 +20,10 @@ __all__ = [
 
 class TrustlabError(Exception):
     """Base class of every error trustlab raises on purpose."""
+
+
+class BackendError(TrustlabError, ConnectionError):
+    """An LLM endpoint is unreachable, times out after its retries, or answers with an error or malformed JSON."""
 
 
 class CheckpointError(TrustlabError):

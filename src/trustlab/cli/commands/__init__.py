@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "trustlab.cli.commands.verify",
     "trustlab.cli.commands.smooth",
     "trustlab.cli.commands.poison",
+    "trustlab.cli.commands.llm",
     "trustlab.cli.commands.matrix",
     "trustlab.cli.commands.report",
     "trustlab.cli.commands.optim",
