@@ -33,13 +33,16 @@ def test_verify_writes_a_record_set_per_method_and_prints_the_comparison(run, ca
     out = capsys.readouterr().out
     table = _table(out)
     assert list(table) == ["method", "ibp", "crown-ibp", "crown", "alpha-crown"]
-    assert table["method"] == ["certified acc", "PGD acc", "clean acc", "mean min margin LB", "ms / example"]
+    assert table["method"] == ["certified acc", "PGD acc", "clean acc", "mean min margin LB", "unknown",
+                               "ms / example", "median ms", "max ms"]
     assert "on the first 30 test examples; PGD-5x1 in pgd-linf-eps0.02-restarts1-steps5-" in out
     folders = sorted((run / "certificates").iterdir())
     assert sorted(f.name.split("-linf-")[0] for f in folders) == ["alpha-crown", "crown", "crown-ibp", "ibp"]
     for folder in folders:
-        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "records.jsonl", "summary.json"]
         summary = json.loads((folder / "summary.json").read_text())
+        extra = ["counterexamples.safetensors"] if summary["falsified"] else []  # the misclassified clean inputs
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["config.json", "records.jsonl", "summary.json",
+                                                                   *extra])
         method = json.loads((folder / "config.json").read_text())["name"]
         assert table[method][0] == f"{100 * summary['certified_acc']:.1f}%" and summary["n"] == 30
     assert not [p for p in run.rglob(".*") if p.name.endswith(".tmp")]  # committed in one rename each
@@ -54,7 +57,7 @@ def test_a_bad_method_name_is_one_line_naming_the_valid_ones(run, capsys):
     assert main(["verify", str(run), "--method", "ibp,crwn", "--eps", "0.1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("trustlab verify: error: unknown certification method(s) ['crwn']; choose from ['alpha-crown', "
-                   "'crown', 'crown-ibp', 'ibp']")
+                   "'crown', 'crown-ibp', 'ibp', 'lp', 'milp', 'sdp']")
     assert main(["verify", str(run), "--method", " , ", "--eps", "0.1"]) == 2
     assert "names no method" in capsys.readouterr().err
     assert main(["verify", str(run), "--eps", "0.1", "--n", "0"]) == 2
@@ -76,3 +79,21 @@ def test_a_certified_example_broken_by_pgd_fails_the_command(run, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "EVAL-14 soundness bug" in err and f'{{"crown": [{idx}]}}' in err
+
+
+def test_solver_flags_reach_the_solver_methods_and_are_refused_without_one(run, capsys):
+    """--time-limit and --intermediate configure lp and milp (the certificate id hashes them); with only bound
+    methods they are a one-line usage error."""
+    assert main(["--quiet", "verify", str(run), "--method", "crown,lp,milp", "--eps", "0.01", "--n", "6",
+                 "--pgd-steps", "5", "--time-limit", "30", "--intermediate", "crown"]) == 0
+    configs = [json.loads(p.read_text()) for p in (run / "certificates").glob("*lp-linf-eps0.01-*/config.json")]
+    settings = {c["method"]["method"]: c["method"] for c in configs}
+    assert settings["lp"]["time_limit"] == 30 and settings["lp"]["intermediate"] == "crown"
+    assert settings["milp"]["time_limit"] == 30 and settings["milp"]["intermediate"] == "crown"
+    rows = {json.loads(line)["idx"]: json.loads(line)
+            for line in next((run / "certificates").glob("milp-*/records.jsonl")).read_text().splitlines()}
+    assert len(rows) == 6 and all(len(r["solver"]["status"]) == 9 for r in rows.values())
+    capsys.readouterr()
+    assert main(["--quiet", "verify", str(run), "--method", "crown", "--eps", "0.01", "--n", "6",
+                 "--time-limit", "5"]) == 2
+    assert "--time-limit applies to the solver methods" in capsys.readouterr().err
