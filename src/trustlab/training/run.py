@@ -320,7 +320,8 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
                     writer.call(_remove, out / stale)
         sizes = {k: len(getattr(splits, k)[0]) for k in ("train", "val", "test")}
         writer.json("config.json", {
-            "config": config.to_dict(), "identity": identity, "runtime": runtime_info(device),
+            "config": config.to_dict(), "identity": identity,
+            "runtime": {**runtime_info(device), **({"processes": job.world_size} if job.enabled else {})},
             "versions": versions(),
             "dataset": {"name": info.name, "shape": list(info.shape), "num_classes": info.num_classes, "sizes": sizes},
             **({"data_transform": transform_record["transform"]} if transform_record else {})})
