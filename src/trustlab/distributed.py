@@ -145,21 +145,28 @@ def init_distributed(device: torch.device | str = "cpu", *, environ: Mapping[str
     return Distributed(rank=job.rank, world_size=job.world_size, local_rank=job.local_rank, backend=backend)
 
 
-def shutdown(job: Distributed) -> None:
-    """Leave the process group of ``job`` (nothing for a single process)."""
+def shutdown(job: Distributed, *, wait: bool = True) -> None:
+    """Leave the process group of ``job`` (nothing for a single process); with ``wait``, first wait for every
+    rank to get here, so that no rank tears its connections down while another still receives on them (gloo
+    then aborts that rank)."""
     if job.enabled and torch.distributed.is_initialized():
+        if wait:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
 @contextlib.contextmanager
 def distributed(device: torch.device | str = "cpu", *,
                 environ: Mapping[str, str] | None = None) -> Iterator[Distributed]:
-    """:func:`init_distributed` for the ``with`` block, then :func:`shutdown` (also when the block raises)."""
+    """:func:`init_distributed` for the ``with`` block, then :func:`shutdown`; when the block raises, without
+    waiting for the other ranks (which torchrun stops once this process exits with the error)."""
     job = init_distributed(device, environ=environ)
     try:
         yield job
-    finally:
-        shutdown(job)
+    except BaseException:
+        shutdown(job, wait=False)
+        raise
+    shutdown(job)
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
