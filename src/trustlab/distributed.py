@@ -14,6 +14,7 @@ training (:mod:`trustlab.training.sharded`) and sharded evaluation use.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -148,8 +149,10 @@ def init_distributed(device: torch.device | str = "cpu", *, environ: Mapping[str
 def shutdown(job: Distributed, *, wait: bool = True) -> None:
     """Leave the process group of ``job`` (nothing for a single process); with ``wait``, first wait for every
     rank to get here, so that no rank tears its connections down while another still receives on them (gloo
-    then aborts that rank)."""
+    then aborts that rank). Objects left in reference cycles (a DistributedDataParallel wrapper and its hooks)
+    are collected first, while the group they hold is still alive."""
     if job.enabled and torch.distributed.is_initialized():
+        gc.collect()
         if wait:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
