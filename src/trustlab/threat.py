@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["LpBall", "parse_p"]
+__all__ = ["LpBall", "ShardedBall", "parse_p"]
 
 _SUPPORTED_P = (math.inf, 2.0)
 _TINY = 1e-12
@@ -104,17 +104,26 @@ class LpBall:
 
     def random_init(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """A random point of the ball around ``x`` (uniform in the l_inf cube, uniform in the l_2 ball), in the box."""
-        shape, dev, dt = x.shape, x.device, x.dtype
+        return self.clip_to_box(x + self.random_delta(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+
+    def random_delta(self, shape: torch.Size | tuple[int, ...], *, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """A uniform draw from the ball itself (not clipped to the box), one per example of a batch of ``shape``."""
+        shape = torch.Size(shape)
         if self.p == math.inf:
-            u = torch.rand(shape, generator=generator, device=dev, dtype=dt)
-            delta = (2 * u - 1) * self.eps
-        else:
-            g = torch.randn(shape, generator=generator, device=dev, dtype=dt)
-            direction = g / self.norm(g).clamp_min(_TINY).view(-1, *([1] * (x.dim() - 1)))
-            d = x[0].numel()
-            r = torch.rand(shape[0], generator=generator, device=dev, dtype=dt) ** (1.0 / max(d, 1))
-            delta = direction * (self.eps * r).view(-1, *([1] * (x.dim() - 1)))
-        return self.clip_to_box(x + delta)
+            u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+            return (2 * u - 1) * self.eps
+        g = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        direction = g / self.norm(g).clamp_min(_TINY).view(-1, *([1] * (len(shape) - 1)))
+        d = math.prod(shape[1:])
+        r = torch.rand(shape[0], generator=generator, device=device, dtype=dtype) ** (1.0 / max(d, 1))
+        return direction * (self.eps * r).view(-1, *([1] * (len(shape) - 1)))
+
+    def gaussian(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Standard normal draws of ``x``'s shape, dtype and device: the Gaussian noise of a training objective
+        (TRADES' start, noise augmentation), drawn through the threat so that a :class:`ShardedBall` draws the
+        global batch's noise."""
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     def ascent_direction(self, grad: Tensor) -> Tensor:
         """``argmax_{||d||_p <= 1} <d, grad>``: ``sign(grad)`` for p = inf, ``grad / ||grad||_2`` for p = 2."""
@@ -138,3 +147,45 @@ class LpBall:
         """Elementwise bounds containing the set: exact for p = inf, an outer box for p = 2."""
         lo, hi = x - self.eps, x + self.eps
         return self.clip_to_box(lo), self.clip_to_box(hi)
+
+
+@dataclass(frozen=True)
+class ShardedBall(LpBall):
+    """The threat of one rank's rows ``[start, start + rows)`` of a global batch of ``total`` examples in a
+    distributed training step: the same ball, whose random draws (:meth:`random_init`, :meth:`gaussian`) are
+    this slice of the draws the single process makes for the whole batch from the same generator. So the ranks,
+    each drawing the global batch's noise and keeping its rows, start their attacks where one process would,
+    and their generators stay in step with its stream.
+
+    Raises:
+        ValueError: a slice outside ``[0, total]``; at a draw, a batch that is not the slice's ``rows`` long (an
+            attack's restart on the examples left, which a global draw cannot reproduce).
+    """
+
+    start: int = 0
+    rows: int = 0
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.start <= self.start + self.rows <= self.total:
+            raise ValueError(f"rows [{self.start}, {self.start + self.rows}) must lie in [0, {self.total}]")
+
+    @classmethod
+    def of(cls, threat: LpBall, *, start: int, rows: int, total: int) -> "ShardedBall":
+        """``threat`` restricted to rows ``[start, start + rows)`` of a batch of ``total``."""
+        return cls(threat.eps, threat.p, threat.lower, threat.upper, start=start, rows=rows, total=total)
+
+    def _global(self, x: Tensor) -> tuple[int, ...]:
+        if len(x) != self.rows:
+            raise ValueError(f"a sharded threat draws for its {self.rows} rows only, got a batch of {len(x)} "
+                             "(attack restarts on a subset are not supported in distributed training)")
+        return (self.total, *x.shape[1:])
+
+    def random_init(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        delta = self.random_delta(self._global(x), generator=generator, device=x.device, dtype=x.dtype)
+        return self.clip_to_box(x + delta[self.start : self.start + self.rows])
+
+    def gaussian(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(self._global(x), generator=generator, device=x.device, dtype=x.dtype)
+        return noise[self.start : self.start + self.rows]

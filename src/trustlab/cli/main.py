@@ -2,6 +2,9 @@
 
 Subcommands register themselves in :mod:`trustlab.cli.commands`. Errors print one line on stderr naming the bad
 value and exit non-zero (2 for bad input); ``--debug`` shows the traceback.
+
+Under ``torchrun`` with more than one process, only the commands that set ``DISTRIBUTED = True`` (``train``,
+``attack``) run; ranks other than 0 log warnings and errors only, and print nothing else.
 """
 
 from __future__ import annotations
@@ -30,15 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         add_global_options(p, suppress=True)
         module.add_arguments(p)
-        p.set_defaults(handler=module.run)
+        p.set_defaults(handler=module.run, distributed=getattr(module, "DISTRIBUTED", False))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trustlab.distributed import from_env
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        job = from_env()
+    except ValueError as e:
+        print(f"trustlab {args.command}: error: {shown(e)}", file=sys.stderr)
+        return 2
+    if not job.is_main:  # one process logs for the job
+        args.quiet = True
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format=f"%(levelname)s {f'[rank {job.rank}] ' if job.enabled else ''}%(name)s: %(message)s")
+    if job.enabled and not args.distributed:
+        print(f"trustlab {args.command}: error: this command does not run distributed ({job.world_size} processes "
+              "under torchrun); run it as one process, or use train or attack", file=sys.stderr)
+        return 2
     try:
         return args.handler(args)
     except (ValueError, TypeError) as e:

@@ -13,13 +13,22 @@ prediction recomputed (EVAL-02). An ensemble's records also say which member bro
 and its ``summary.json`` lists per member the examples it attacked and broke and its time (``members``).
 A killed evaluation resumes: each finished batch is journaled in ``RUN/attacks/.<id>.partial/``
 (:mod:`trustlab.evaluation.journal`), and the same command goes on from the next batch with the same result.
+
+Randomness is keyed by batch: batch ``b`` (examples ``b * batch_size`` to ``(b + 1) * batch_size - 1`` of the
+evaluated set) draws from its own generator ``derive_generator(seed, 11, b)``, so its result does not depend on
+which process attacks it or on what ran before. Under torchrun the ranks take the batches in turn (rank ``r``
+attacks batches ``r, r + W, ...``), rank 0 gathers them and writes the one folder, whose records equal a single
+process's with the same seed and batch size. (Until this keying, one stream ran through all batches; the config
+says ``"generators": "per-batch"``, so earlier evaluations are neither reused nor resumed.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,6 +44,7 @@ from trustlab.attacks.ensemble import Ensemble, ensemble_with_log
 from trustlab.attacks.wrappers import through_bpda
 from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
 from trustlab.device import resolve_device, runtime_info
+from trustlab.distributed import SINGLE, Distributed
 from trustlab.errors import NumericalError
 from trustlab.evaluation.checks import MODEL_CHECKS, run_checks
 from trustlab.evaluation.journal import BatchJournal, partial_folder
@@ -48,10 +58,12 @@ from trustlab.threat import LpBall
 from trustlab.validation import check_positive_int
 
 __all__ = ["attack_id", "attack_config", "evaluate_attack", "evaluate_ensemble", "member_names", "attack_run",
-           "model_checks", "CHECK_EXAMPLES"]
+           "attack_batches", "model_checks", "CHECK_EXAMPLES"]
 
 log = logging.getLogger(__name__)
 CHECK_EXAMPLES = 100  # inputs the model-level checks run on: cheap next to the attack, enough to see masking
+_STREAM_KEY = 11  # batch b of an evaluation draws from derive_generator(seed, 11, b)
+_GENERATORS = "per-batch"  # how an evaluation's randomness is keyed, in its config
 
 
 def attack_id(name: str, threat: LpBall, params: dict[str, Any], *, seed: int = 0, subset: int | None = None,
@@ -77,45 +89,84 @@ def _label(v: Any) -> str:
 def attack_config(name: str, threat: LpBall, attack, *, seed: int, subset: int | None,
                   batch_size: int, bpda: bool = False) -> dict[str, Any]:
     """What makes two evaluations the same: every resolved attack setting, the threat, seed, subset and batch
-    size (which splits the random starts' stream), and ``bpda: true`` for an attack through BPDA (absent
-    otherwise, so earlier evaluations keep their ids). The checkpoint is checked apart, by its sha256."""
+    size (which examples share a batch's generator), how the generators are keyed (``"generators":
+    "per-batch"``), and ``bpda: true`` for an attack through BPDA (absent otherwise). The checkpoint is checked
+    apart, by its sha256."""
     config = {"attack": attack.to_dict(), "name": name, "threat": threat_dict(threat), "seed": seed,
-              "subset": subset, "batch_size": batch_size}
+              "subset": subset, "batch_size": batch_size, "generators": _GENERATORS}
     if bpda:
         config["bpda"] = True
     return config
 
 
+def attack_batches(
+    n: int, batch_size: int, attack_batch: Callable[[int], tuple[dict[str, Tensor], dict[str, Any]]], *,
+    journal: BatchJournal | None = None, job: Distributed = SINGLE, progress: bool = False,
+) -> list[tuple[dict[str, Tensor], dict[str, Any]]]:
+    """Run ``attack_batch(b)`` for the ``ceil(n / batch_size)`` batches, sharded over the ranks of ``job``.
+
+    Rank ``r`` attacks batches ``r, r + W, ...``; after each round of ``W`` batches rank 0 gathers them and
+    journals them in order. Batches the ``journal`` (rank 0's) already holds are not attacked again.
+
+    Returns:
+        On rank 0, every batch's ``(tensors, extra)`` in batch order, ``extra["seconds"]`` its wall time; on the
+        other ranks, an empty list.
+    """
+    n_batches = -(-n // batch_size)
+    done = journal.resume() if journal is not None else []
+    start = job.broadcast_object(len(done))
+    batches = list(done)
+    rounds = range(start, n_batches, job.world_size)
+    for first in progress_bar(rounds, desc="attack", enabled=progress and job.is_main):
+        b, mine = first + job.rank, None
+        if b < n_batches:
+            t0 = time.perf_counter()
+            tensors, extra = attack_batch(b)
+            mine = (tensors, {"seconds": time.perf_counter() - t0, **extra})
+        for item in job.all_gather_object(mine):  # rank order is batch order within the round
+            if item is not None and job.is_main:
+                batches.append(item)
+                if journal is not None:
+                    journal.append(item[0], **item[1])
+    return batches
+
+
+def _generator(seed: int, b: int, device: torch.device) -> torch.Generator:
+    return derive_generator(seed, _STREAM_KEY, b, device=device)
+
+
 def evaluate_attack(
     model: nn.Module, x: Tensor, y: Tensor, attack, *, batch_size: int = 500, seed: int = 0, progress: bool = False,
-    journal: BatchJournal | None = None,
+    journal: BatchJournal | None = None, job: Distributed = SINGLE,
 ) -> tuple[list[dict[str, Any]], Tensor]:
     """Attack ``(x, y)`` in batches; returns one record per example, and ``x_adv``.
 
     A record holds ``idx, y, pred, correct, adv_pred, adv_correct, robust, dist, confidence, adv_confidence``;
-    ``robust`` is ``correct and adv_correct``: a misclassified point is never counted robust. With a ``journal``,
-    the batches it holds are taken from it (the generator restored to its state after them) and every new batch
-    is written to it, so a killed evaluation resumes with the same result.
+    ``robust`` is ``correct and adv_correct``: a misclassified point is never counted robust. Batch ``b``
+    draws from ``derive_generator(seed, 11, b)``. With a ``journal``, the batches it holds are taken from it and
+    every new batch is written to it, so a killed evaluation resumes with the same result. In a distributed
+    ``job`` the batches are shared out (:func:`attack_batches`); rank 0 returns the records of all of them, the
+    other ranks no records and an empty ``x_adv``.
     """
-    gen = derive_generator(seed, 11, device=x.device)
-    done = journal.resume(gen) if journal is not None else []
-    chunks = [t["x_adv"].to(x.device) for t, _ in done]
-    for i in progress_bar(range(len(done) * batch_size, len(x), batch_size), desc="attack", enabled=progress):
-        t0 = time.perf_counter()
-        chunks.append(attack_batched(attack, model, x[i : i + batch_size], y[i : i + batch_size],
-                                     batch_size=batch_size, generator=gen))
-        if journal is not None:
-            journal.append({"x_adv": chunks[-1]}, gen, seconds=time.perf_counter() - t0)
-    x_adv = torch.cat(chunks)
+    def attack_batch(b: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        i = b * batch_size
+        x_adv = attack_batched(attack, model, x[i : i + batch_size], y[i : i + batch_size], batch_size=batch_size,
+                               generator=_generator(seed, b, x.device))
+        return {"x_adv": x_adv}, {}
+
+    done = attack_batches(len(x), batch_size, attack_batch, journal=journal, job=job, progress=progress)
+    if not job.is_main:
+        return [], x[:0]
+    x_adv = torch.cat([t["x_adv"].to(x.device) for t, _ in done])
     return _rows(model, x, y, x_adv, attack.threat, batch_size=batch_size), x_adv
 
 
 def evaluate_ensemble(
     model: nn.Module, x: Tensor, y: Tensor, attack: Ensemble, *, batch_size: int = 500, seed: int = 0,
-    progress: bool = False, journal: BatchJournal | None = None,
+    progress: bool = False, journal: BatchJournal | None = None, job: Distributed = SINGLE,
 ) -> tuple[list[dict[str, Any]], Tensor, list[dict[str, Any]]]:
     """:func:`evaluate_attack` for an :class:`Ensemble`, through :func:`ensemble_with_log` with the same batches
-    and generator stream (so ``x_adv`` and the records are the same); also says who broke each example.
+    and generators (so ``x_adv`` and the records are the same); also says who broke each example.
 
     Each record adds ``broken_by``: the name of the member that broke the example (its first success, as judged
     by the ensemble), else ``None``. ``robust`` stays the framework's judgement of the ensemble's ``x_adv``.
@@ -123,30 +174,28 @@ def evaluate_ensemble(
     Returns:
         The records, ``x_adv``, and per member in order ``{name, attack, attacked, broken, seconds}``: its
         configuration (``to_dict``), the examples it ran on and broke, and its wall time summed over the batches
-        (those of a resumed ``journal`` included).
+        (those of a resumed ``journal`` included). On ranks other than 0 of a distributed ``job``: no records,
+        an empty ``x_adv`` and no members.
     """
     members = attack.attacks()
     names = member_names([m.to_dict() for m in members])
-    gen = derive_generator(seed, 11, device=x.device)
-    done = journal.resume(gen) if journal is not None else []
-    chunks = [t["x_adv"].to(x.device) for t, _ in done]
-    attacked = [t["attacked"].to(x.device) for t, _ in done]
-    broken = [t["broken"].to(x.device) for t, _ in done]
-    seconds = [sum(extra["member_seconds"][j] for _, extra in done) for j in range(len(members))]
-    for i in progress_bar(range(len(done) * batch_size, len(x), batch_size), desc="attack", enabled=progress):
-        t0 = time.perf_counter()
+
+    def attack_batch(b: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        i = b * batch_size
         step = ensemble_with_log(model, x[i : i + batch_size], y[i : i + batch_size], attack.threat,
-                                 attacks=members, generator=gen)
+                                 attacks=members, generator=_generator(seed, b, x.device))
         if not torch.isfinite(step.x_adv).all():
             raise NumericalError(f"a member returned NaN or Inf for examples {i}..{i + len(step.x_adv) - 1}")
-        chunks.append(step.x_adv)
-        attacked.append(step.attacked)
-        broken.append(step.broken)
-        seconds = [s + t for s, t in zip(seconds, step.seconds)]
-        if journal is not None:
-            journal.append({"x_adv": step.x_adv, "attacked": step.attacked, "broken": step.broken}, gen,
-                           seconds=time.perf_counter() - t0, member_seconds=list(step.seconds))
-    x_adv, attacked_, broken_ = torch.cat(chunks), torch.cat(attacked, 1), torch.cat(broken, 1)  # (M, N)
+        return ({"x_adv": step.x_adv, "attacked": step.attacked, "broken": step.broken},
+                {"member_seconds": list(step.seconds)})
+
+    done = attack_batches(len(x), batch_size, attack_batch, journal=journal, job=job, progress=progress)
+    if not job.is_main:
+        return [], x[:0], []
+    x_adv = torch.cat([t["x_adv"].to(x.device) for t, _ in done])
+    attacked_ = torch.cat([t["attacked"].to(x.device) for t, _ in done], 1)  # (M, N)
+    broken_ = torch.cat([t["broken"].to(x.device) for t, _ in done], 1)
+    seconds = [sum(extra["member_seconds"][j] for _, extra in done) for j in range(len(members))]
     rows = _rows(model, x, y, x_adv, attack.threat, batch_size=batch_size)
     hit, by = broken_.any(0), broken_.int().argmax(0)  # at most one member breaks an example: its index
     for r, h, j in zip(rows, hit.tolist(), by.tolist()):
@@ -208,7 +257,7 @@ def _example_grid(x: Tensor, x_adv: Tensor, records: list[dict[str, Any]], k: in
 def attack_run(
     run_dir: Path, name: str, threat: LpBall, params: dict[str, Any], *,
     subset: int | None = None, batch_size: int = 500, seed: int = 0, root: str | None = None, progress: bool = True,
-    reuse: bool = False, device: str = "auto", bpda: bool = False,
+    reuse: bool = False, device: str = "auto", bpda: bool = False, job: Distributed = SINGLE,
 ) -> dict[str, Any]:
     """Load the run's latest checkpoint, attack its test split, and commit ``RUN/attacks/<id>/``; returns the summary.
 
@@ -218,6 +267,10 @@ def attack_run(
 
     With ``reuse``, a committed evaluation in that folder whose configuration matches exactly and that was computed
     on the same checkpoint (by sha256) is returned as is.
+
+    In a distributed ``job`` (torchrun) every rank loads the checkpoint and the examples and attacks its share of
+    the batches; rank 0 alone locks the run, journals, runs the checks and commits, and every rank returns its
+    summary. The records are those of one process with the same seed and batch size.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a trustlab run or has no checkpoint.
@@ -230,7 +283,7 @@ def attack_run(
         raise TypeError(f"bpda must be a bool, got {bpda!r}")
     attack = build_attack(name, threat, **params)
     identity = attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size, bpda=bpda)
-    with run_lock(run_dir):
+    with run_lock(run_dir) if job.is_main else contextlib.nullcontext():
         ckpt_dir = latest_checkpoint(run_dir)
         if ckpt_dir is None:
             raise FileNotFoundError(f"no valid checkpoint found in {run_dir}")
@@ -238,37 +291,50 @@ def attack_run(
         out = run_dir / "attacks" / attack_id(name, threat, params, seed=seed, subset=subset, batch_size=batch_size,
                                               bpda=bpda)
         if reuse:
-            done = committed_summary(out, identity, checkpoint)
+            done = job.broadcast_object(committed_summary(out, identity, checkpoint) if job.is_main else None)
             if done is not None:
                 return done
-        dev = resolve_device(device)
+        dev = job.device(resolve_device(device))
         model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
         attacked = through_bpda(model) if bpda else model  # same forward values; BPDA only changes gradients
         x, y = (t.to(dev) for t in evaluation_examples(run_dir, root=root, subset=subset))
-        log.info("attack %s on %d test examples of %s (%s)", name, len(x), run_dir, dev)
-        journal = BatchJournal(partial_folder(out), identity, checkpoint)
+        log.info("attack %s on %d test examples of %s (%s%s)", name, len(x), run_dir, dev,
+                 f", {job.world_size} processes" if job.enabled else "")
+        journal = BatchJournal(partial_folder(out), identity, checkpoint) if job.is_main else None
         t0 = time.perf_counter()
         members = None
+        kwargs = {"batch_size": batch_size, "seed": seed, "progress": progress, "journal": journal, "job": job}
         if isinstance(attack, Ensemble):
-            records, x_adv, members = evaluate_ensemble(attacked, x, y, attack, batch_size=batch_size, seed=seed,
-                                                        progress=progress, journal=journal)
+            records, x_adv, members = evaluate_ensemble(attacked, x, y, attack, **kwargs)
         else:
-            records, x_adv = evaluate_attack(attacked, x, y, attack, batch_size=batch_size, seed=seed,
-                                             progress=progress, journal=journal)
-        seconds = time.perf_counter() - t0 + journal.resumed_seconds
-        checks = model_checks(model, x, y, attack, run=run_dir.name)
-        n = len(records)
-        summary = {"attack": name, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
-                   "robust_acc": sum(r["robust"] for r in records) / n, "seconds": seconds,
-                   "checkpoint": ckpt_dir.name, "checkpoint_sha256": checkpoint["sha256"]}
-        if members is not None:
-            summary["members"] = members
-        if journal.resumed_batches:
-            summary["resumed_batches"] = journal.resumed_batches  # batches a killed earlier process had finished
-        config = {**identity, "checkpoint": checkpoint, "run": str(run_dir), "runtime": runtime_info(dev),
-                  "versions": versions()}
-        _commit(out, config, records, save(_example_grid(x.cpu(), x_adv.cpu(), records)), summary, checks)
-        journal.clear()
+            records, x_adv = evaluate_attack(attacked, x, y, attack, **kwargs)
+        summary = None
+        if job.is_main:
+            summary = _summarize(out, name, model, x, y, attack, records, x_adv, members, journal, run_dir=run_dir,
+                                 ckpt_dir=ckpt_dir, identity=identity, checkpoint=checkpoint, device=dev,
+                                 seconds=time.perf_counter() - t0, processes=job.world_size)
+    return job.broadcast_object(summary)
+
+
+def _summarize(out: Path, name: str, model: nn.Module, x: Tensor, y: Tensor, attack, records: list[dict[str, Any]],
+               x_adv: Tensor, members: list[dict[str, Any]] | None, journal: BatchJournal, *, run_dir: Path,
+               ckpt_dir: Path, identity: dict[str, Any], checkpoint: dict[str, Any], device: torch.device,
+               seconds: float, processes: int) -> dict[str, Any]:
+    """Check the model, commit the evaluation to ``out`` and clear its journal; returns the summary."""
+    seconds += journal.resumed_seconds
+    checks = model_checks(model, x, y, attack, run=run_dir.name)
+    n = len(records)
+    summary = {"attack": name, "n": n, "clean_acc": sum(r["correct"] for r in records) / n,
+               "robust_acc": sum(r["robust"] for r in records) / n, "seconds": seconds,
+               "checkpoint": ckpt_dir.name, "checkpoint_sha256": checkpoint["sha256"]}
+    if members is not None:
+        summary["members"] = members
+    if journal.resumed_batches:
+        summary["resumed_batches"] = journal.resumed_batches  # batches a killed earlier process had finished
+    config = {**identity, "checkpoint": checkpoint, "run": str(run_dir),
+              "runtime": {**runtime_info(device), **({"processes": processes} if processes > 1 else {})}, "versions": versions()}
+    _commit(out, config, records, save(_example_grid(x.cpu(), x_adv.cpu(), records)), summary, checks)
+    journal.clear()
     return summary
 
 

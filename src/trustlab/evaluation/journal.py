@@ -3,7 +3,8 @@
 An ensemble on a full test set runs for half an hour or more on a CPU. :class:`BatchJournal` writes, after each
 batch, that batch's results (``x_adv``, an ensemble's per-member masks) and the state of the evaluation's
 generator into ``RUN/attacks/.<id>.partial/``. Run again with the same configuration on the same checkpoint, the
-evaluation loads the finished batches, restores the generator, and goes on from the next batch: its records are
+evaluation loads the finished batches, restores the generator (for an evaluation that draws from one stream;
+one whose batches each have their own generator passes none), and goes on from the next batch: its records are
 bitwise those of an uninterrupted run (for a given thread count), because every batch draws from the same
 generator stream as before. The journal is removed once the evaluation is committed; a journal of another
 checkpoint is discarded.
@@ -57,10 +58,10 @@ class BatchJournal:
         self.resumed_batches = 0  # batches taken from an earlier process by :meth:`resume`
         self.resumed_seconds = 0.0  # their recorded ``seconds``
 
-    def resume(self, generator: torch.Generator) -> list[tuple[dict[str, Tensor], dict[str, Any]]]:
-        """The finished batches, in order, as ``(tensors, extra)``, with ``generator`` set to its state after the
-        last of them; an empty list (and a fresh journal) when there is none, or when it belongs to another
-        evaluation or cannot be read."""
+    def resume(self, generator: torch.Generator | None = None) -> list[tuple[dict[str, Tensor], dict[str, Any]]]:
+        """The finished batches, in order, as ``(tensors, extra)``, with ``generator`` (if given) set to its
+        state after the last of them; an empty list (and a fresh journal) when there is none, or when it belongs
+        to another evaluation or cannot be read."""
         try:
             index = read_json(self.folder / _INDEX)
             if not isinstance(index, dict) or {k: index.get(k) for k in self._key} != self._key:
@@ -75,23 +76,29 @@ class BatchJournal:
                 log.warning("discarding the unusable journal %s: %s", self.folder, err)
             self.clear()
             return []
+        if batches and generator is not None:
+            if _STATE not in batches[-1][0]:
+                log.warning("discarding the journal %s: it holds no generator state to resume from", self.folder)
+                self.clear()
+                return []
+            generator.set_state(batches[-1][0][_STATE])
+        for tensors, _ in batches:
+            tensors.pop(_STATE, None)
         if batches:
-            generator.set_state(batches[-1][0].pop(_STATE))
-            for tensors, _ in batches[:-1]:
-                tensors.pop(_STATE)
             log.info("resuming from %s: %d finished batch(es)", self.folder, len(batches))
         self._done = [extra for _, extra in batches]
         self.resumed_batches = len(batches)
         self.resumed_seconds = float(sum(extra.get("seconds", 0.0) for extra in self._done))
         return batches
 
-    def append(self, tensors: Mapping[str, Tensor], generator: torch.Generator, **extra: Any) -> None:
-        """Record one more finished batch: its ``tensors``, the ``generator``'s state after it, and ``extra``
-        JSON values (its seconds, ...)."""
+    def append(self, tensors: Mapping[str, Tensor], generator: torch.Generator | None = None, **extra: Any) -> None:
+        """Record one more finished batch: its ``tensors``, the ``generator``'s state after it (when the
+        evaluation draws from one stream), and ``extra`` JSON values (its seconds, ...)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         k = len(self._done)
         payload = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-        payload[_STATE] = generator.get_state()
+        if generator is not None:
+            payload[_STATE] = generator.get_state()
         atomic_write_bytes(self.folder / f"batch-{k:05d}.safetensors", save(payload))
         self._done.append(dict(extra))
         write_json(self.folder / _INDEX, {**self._key, "batches": self._done})

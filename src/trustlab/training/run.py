@@ -13,6 +13,12 @@ Resuming restarts the interrupted epoch from its start. Each epoch's shuffling a
 generators derived from ``(seed, epoch)``, and the optimizer and scheduler state are restored from the
 checkpoint, so a killed-and-resumed run ends with weights identical to an uninterrupted one (DATA-04).
 Every write goes through one :class:`~trustlab.runs.RunWriter`, which a distributed run enables on rank 0 only.
+
+Under torchrun (``job``, a :class:`~trustlab.distributed.Distributed` with more than one process) every rank
+builds the same model and splits, loads the same checkpoint when resuming, and trains on its slice of each global
+batch (:mod:`trustlab.training.sharded`) through DistributedDataParallel; rank 0 alone writes the folder, and
+every rank returns rank 0's summary. One process (``job`` :data:`~trustlab.distributed.SINGLE`) runs the
+single-process path unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from trustlab.checkpoint import checkpoint_ref, commit_checkpoint, latest_checkp
 from trustlab.data import Splits, make_loader, make_splits
 from trustlab.data.transform import TrainingSetTransform, apply_transform
 from trustlab.device import resolve_device, runtime_info
+from trustlab.distributed import SINGLE, Distributed
 from trustlab.errors import CheckpointError
 from trustlab.models import build_model
 from trustlab.runs import RunWriter, config_hash, read_json, versions
@@ -44,6 +51,7 @@ from trustlab.training.config import TrainConfig, migrate_legacy
 from trustlab.training.defenses import Defense, Objective, option_prefix
 from trustlab.training.loop import train_epoch
 from trustlab.training.optimizers import build_optimizer, build_scheduler
+from trustlab.training.sharded import ShardedBatches, data_parallel
 from trustlab.training.state import check_train_state, train_state
 
 __all__ = ["train_run", "identity_of", "resolve_train_config"]
@@ -205,6 +213,7 @@ def train_run(
     transform: TrainingSetTransform | None = None,
     sampler: Sampler | None = None,
     writer: RunWriter | None = None,
+    job: Distributed = SINGLE,
 ) -> dict[str, Any]:
     """Train per ``config`` into the run folder ``out`` and return its summary.
 
@@ -213,7 +222,11 @@ def train_run(
             ``derive_generator(seed, 13)``); what it added or replaced is written to ``data_transform.json``.
         sampler: the training loader's order instead of the seeded shuffle (e.g. a ``DistributedSampler``; its
             ``set_epoch`` is called each epoch).
-        writer: where files go; a disabled writer (a non-zero rank) trains without writing.
+        writer: where files go; a disabled writer (a non-zero rank) trains without writing. Default: a writer
+            enabled on rank 0 of ``job`` only.
+        job: the distributed job this process belongs to (:func:`trustlab.distributed.init_distributed`);
+            with more than one process, each trains on its slice of every global batch of ``batch_size``
+            (which the world size must divide) and ``sampler`` must be ``None``.
 
     Raises:
         FileExistsError: ``out`` is not empty and neither ``resume`` nor ``overwrite`` is set.
@@ -223,8 +236,13 @@ def train_run(
         NumericalError: the loss diverged (the last epoch's checkpoint is kept).
     """
     out = Path(out)
-    writer = writer or RunWriter(out)
-    device = resolve_device(config.device)
+    writer = writer or RunWriter(out, enabled=job.is_main)
+    if job.enabled and sampler is not None:
+        raise ValueError("a distributed run shards the global batches itself; give no sampler")
+    if job.enabled and config.batch_size % job.world_size:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes "
+                         f"({job.world_size}): each rank trains on batch_size / {job.world_size} examples of a batch")
+    device = job.device(resolve_device(config.device))
     splits = make_splits(
         config.dataset, root=config.root, val_size=config.val_size, seed=config.seed, subset=config.subset
     )
@@ -241,21 +259,25 @@ def train_run(
             writer = RunWriter(folder, enabled=writer.enabled)
         summary = _train_in(folder, config, model, splits, device=device, identity=identity,
                             transform_record=transform_record, resume=resume, force_resume=force_resume,
-                            progress=progress, sampler=sampler, writer=writer)
+                            progress=progress and job.is_main, sampler=sampler, writer=writer, job=job)
         if folder != out:
             writer.call(replace_run, out, folder)
-        return summary
+    return job.broadcast_object(summary)
 
 
 def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: torch.device,
               identity: dict[str, Any], transform_record: dict[str, Any] | None, resume: bool, force_resume: bool,
-              progress: bool, sampler: Sampler | None, writer: RunWriter) -> dict[str, Any]:
+              progress: bool, sampler: Sampler | None, writer: RunWriter,
+              job: Distributed = SINGLE) -> dict[str, Any]:
     """The body of :func:`train_run` in the locked folder ``out``."""
     info = splits.info
     arch = {"name": config.model, "in_shape": list(info.shape), "num_classes": info.num_classes}
     loader_gen = torch.Generator()
-    loader = make_loader(*splits.train, batch_size=config.batch_size, shuffle=sampler is None,
-                         generator=loader_gen if sampler is None else None, sampler=sampler)
+    if job.enabled:
+        loader = sampler = ShardedBatches(*splits.train, batch_size=config.batch_size, seed=config.seed, job=job)
+    else:
+        loader = make_loader(*splits.train, batch_size=config.batch_size, shuffle=sampler is None,
+                             generator=loader_gen if sampler is None else None, sampler=sampler)
     optimizer = build_optimizer(
         config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -298,7 +320,8 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
                     writer.call(_remove, out / stale)
         sizes = {k: len(getattr(splits, k)[0]) for k in ("train", "val", "test")}
         writer.json("config.json", {
-            "config": config.to_dict(), "identity": identity, "runtime": runtime_info(device),
+            "config": config.to_dict(), "identity": identity,
+            "runtime": {**runtime_info(device), **({"processes": job.world_size} if job.enabled else {})},
             "versions": versions(),
             "dataset": {"name": info.name, "shape": list(info.shape), "num_classes": info.num_classes, "sizes": sizes},
             **({"data_transform": transform_record["transform"]} if transform_record else {})})
@@ -306,6 +329,8 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
             writer.json("data_transform.json", transform_record)
         config.defense.initialize(model, generator=derive_generator(config.seed, _INIT_SEED_KEY))
 
+    # wrapped after loading or initializing the weights (DDP broadcasts rank 0's); checkpoints keep ``model``
+    trained = data_parallel(model, device) if job.enabled else model
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         loader_gen.manual_seed(derive_seed(config.seed, epoch, 0))
@@ -313,9 +338,9 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
             sampler.set_epoch(epoch)
         threat, defense = _defense_at(config, epoch)
         result = train_epoch(
-            model, loader, optimizer, scheduler, objective=_objective_at(config, epoch), device=device,
+            trained, loader, optimizer, scheduler, objective=_objective_at(config, epoch), device=device,
             generator=derive_generator(config.seed, epoch, 1, device=device),
-            desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
+            desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress, job=job,
         )
         train_time = time.perf_counter() - t0
         seconds += train_time

@@ -11,6 +11,7 @@ from trustlab.cli.parsing import given, shown
 
 NAME = "attack"
 HELP = "attack a trained run's model on its test split"
+DISTRIBUTED = True  # under torchrun: the batches are shared out, rank 0 writes the one folder
 
 # flag dest -> attack config field; a flag given for an attack without that field is an error
 _ATTACK_FLAGS = {"steps": "--steps", "step_size": "--step-size", "restarts": "--restarts", "loss": "--loss",
@@ -75,13 +76,19 @@ def attack_params(attack: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trustlab.device import resolve_device
+    from trustlab.distributed import distributed
     from trustlab.evaluation import attack_run
     from trustlab.threat import LpBall
 
     threat = LpBall(args.eps, args.p)
-    summary = attack_run(Path(args.run), args.attack, threat, attack_params(args.attack, args), subset=args.subset,
-                         batch_size=args.batch_size, seed=args.seed, root=args.root, progress=not args.quiet,
-                         device=args.device, bpda=args.bpda)
+    params = attack_params(args.attack, args)
+    with distributed(resolve_device(args.device)) as job:  # one process: no process group
+        summary = attack_run(Path(args.run), args.attack, threat, params, subset=args.subset,
+                             batch_size=args.batch_size, seed=args.seed, root=args.root, progress=not args.quiet,
+                             device=args.device, bpda=args.bpda, job=job)
+    if not job.is_main:
+        return 0
     norm = "inf" if threat.p == math.inf else "2"
     print(f"{shown(args.run)}: {args.attack}{'+bpda' if args.bpda else ''} (l_{norm}, eps={threat.eps:g}) on {summary['n']} test examples: "
           f"clean {summary['clean_acc']:.4f}, robust {summary['robust_acc']:.4f} ({summary['seconds']:.0f} s)")

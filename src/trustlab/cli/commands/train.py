@@ -10,6 +10,7 @@ from trustlab.cli.parsing import add_dataclass_flag, given, shown
 
 NAME = "train"
 HELP = "train a model (standard or adversarial) into a run folder"
+DISTRIBUTED = True  # under torchrun: data-parallel training, rank 0 writes
 
 _CHOICES = {"p": ("inf", "2")}
 
@@ -39,14 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trustlab.cli.config import load_toml
+    from trustlab.device import resolve_device
+    from trustlab.distributed import distributed
     from trustlab.training import DEFENSES, TrainConfig, resolve_train_config, train_run
     from trustlab.training.defenses import option_prefix
 
     names = TrainConfig.field_names() + [option_prefix(n) + f.name for n, c in DEFENSES.items() for f in fields(c)]
     options = {**(load_toml(args.config, section="train") if args.config else {}), **given(args, names)}
     config = resolve_train_config(Path(args.out), options, resume=args.resume)
-    summary = train_run(config, Path(args.out), resume=args.resume, overwrite=args.overwrite,
-                        force_resume=args.force_resume, progress=not args.quiet)
+    with distributed(resolve_device(config.device)) as job:  # one process: no process group
+        summary = train_run(config, Path(args.out), resume=args.resume, overwrite=args.overwrite,
+                            force_resume=args.force_resume, progress=not args.quiet, job=job)
+    if not job.is_main:
+        return 0
     kept = summary.get("selected_epoch")
     metric = config.defense.selection_metric
     kept = f", weights of epoch {kept} (best {metric})" if config.keep_best and kept else ""

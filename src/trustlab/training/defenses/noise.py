@@ -63,7 +63,7 @@ class NoiseAugmentation(Defense):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, threat: LpBall,
              generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = threat.gaussian(x, generator=generator)
         logits = model(x + self.sigma * noise)
         return F.cross_entropy(logits, y), logits
 

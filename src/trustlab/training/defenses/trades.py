@@ -34,7 +34,7 @@ def trades_inner_max(
     """
     with torch.no_grad():
         p_clean = F.softmax(model(x), dim=1)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = threat.gaussian(x, generator=generator)
         x_adv = threat.project(x + START_STD * noise, x)
     for _ in range(steps):
         with torch.enable_grad():
