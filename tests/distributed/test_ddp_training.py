@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import cli, run, torchrun
+from torchrun_helpers import cli, run, torchrun
 from trustlab.checkpoint import latest_checkpoint
 
 # 203 training examples in batches of 64: the last batch (11) splits 6/5, so the loss weights matter
@@ -57,7 +57,7 @@ def test_every_rank_resumes_from_the_checkpoint(tmp_path):
 def test_batch_size_not_divisible_is_an_error(tmp_path):
     import subprocess
 
-    from conftest import env
+    from torchrun_helpers import env
 
     done = subprocess.run(torchrun(*[a if a != "64" else "63" for a in BASE], "--out", str(tmp_path / "r")),
                           env=env(), capture_output=True, text=True, timeout=120)

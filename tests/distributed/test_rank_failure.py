@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TIMEOUT, env, run, torchrun
+from torchrun_helpers import TIMEOUT, env, run, torchrun
 from test_ddp_training import assert_same_weights
 from trustlab.checkpoint import latest_checkpoint, load_checkpoint
 from trustlab.training.state import check_train_state

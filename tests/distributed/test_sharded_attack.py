@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, run, torchrun
+from torchrun_helpers import cli, run, torchrun
 
 TRAIN = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--subset", "200", "--batch-size", "50",
          "--device", "cpu"]
