@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
-from trustlab.certify.network import Network, prepare
+from trustlab.certify.network import Network
 from trustlab.certify.program import INTERMEDIATE, ReluProgram, check_linf, dense_layers, intermediate_bounds, \
     solve_lp, widen
 from trustlab.certify.result import Bounds
@@ -58,15 +57,8 @@ def lp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec: 
     Guarantee:
         ``lower <= C f(x') <= upper`` for every ``x'`` in the threat set, up to float32 rounding of the network.
     """
-    config = LP(intermediate=intermediate, time_limit=time_limit)
-    network, rows = prepare(network, x, threat, spec)
     check_linf(threat, "the LP relaxation")
-    s = rows.shape[1] // 2
-    lower = torch.empty(len(x), 2 * s, dtype=torch.float64)
-    for n in range(len(x)):
-        results = config.solve_example(network, x[n : n + 1], threat, rows[0 if len(rows) == 1 else n])
-        lower[n] = torch.tensor([r.lower for r in results], dtype=torch.float64)
-    return Bounds.from_stacked(lower.to(device=x.device, dtype=x.dtype))
+    return LP(intermediate=intermediate, time_limit=time_limit).bounds(network, x, threat, spec=spec)
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,7 @@ class LP(SolverMethod):
     ``time_limit`` in seconds per LP (None for none)."""
 
     name: ClassVar[str] = "lp"
-    function = staticmethod(lp_bounds)
+    function = staticmethod(lp_bounds)  # the functional form; ``bounds`` solves through ``solve_example``
 
     intermediate: str = "crown"
     time_limit: float | None = None

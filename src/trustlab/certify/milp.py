@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from trustlab.attacks.pgd import pgd
 from trustlab.certify.lp import build_program
-from trustlab.certify.network import Network, prepare
+from trustlab.certify.network import Network
 from trustlab.certify.program import INTERMEDIATE, ReluProgram, check_linf, solve_lp
 from trustlab.certify.result import Bounds
 from trustlab.certify.solver import OPTIMAL, RowResult, SolverMethod
@@ -85,8 +85,10 @@ def solve_milp(program: ReluProgram, cost: np.ndarray, const: float, *, time_lim
 
 
 def milp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec: Tensor | None = None,
-                intermediate: str = "lp", time_limit: float = DEFAULT_TIME_LIMIT, early_stop: bool = False) -> Bounds:
+                intermediate: str = "lp", time_limit: float = DEFAULT_TIME_LIMIT) -> Bounds:
     """Exact bounds on ``C f(x')`` over the l_inf threat set (proven dual bounds where a time limit stops HiGHS).
+
+    Every row is solved (``early_stop=False``, no attack: bounds, not a verdict).
 
     Args:
         network: a :class:`~trustlab.certify.Network`, or a model that converts to one.
@@ -94,8 +96,7 @@ def milp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec
         threat: the l_inf ball and the input box.
         spec: ``C`` of shape ``(N, S, K)``; ``None`` bounds the logits.
         intermediate: ``"lp"``, ``"crown"`` or ``"interval"``: the big-M bounds.
-        time_limit: seconds per example and side (shared by its rows).
-        early_stop: ignored here (every row is solved); kept so that the configuration's settings apply.
+        time_limit: seconds per example, shared by its ``2 S`` MILPs (lower and upper bounds).
 
     Returns:
         :class:`~trustlab.certify.Bounds` ``(N, S)``; equal to the true extremes when every MILP is optimal.
@@ -107,17 +108,9 @@ def milp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec
     Guarantee:
         ``lower <= C f(x') <= upper`` for every ``x'`` in the threat set, up to the solver's tolerances.
     """
-    config = MILP(intermediate=intermediate, time_limit=time_limit, early_stop=False)
-    network, rows = prepare(network, x, threat, spec)
     check_linf(threat, "the MILP")
-    s = rows.shape[1] // 2
-    lower = torch.empty(len(x), 2 * s, dtype=torch.float64)
-    for n in range(len(x)):
-        r = rows[0 if len(rows) == 1 else n]
-        lo = config.solve_example(network, x[n : n + 1], threat, r[:s])
-        hi = config.solve_example(network, x[n : n + 1], threat, r[s:])
-        lower[n] = torch.tensor([q.lower for q in lo + hi], dtype=torch.float64)
-    return Bounds.from_stacked(lower.to(device=x.device, dtype=x.dtype))
+    config = MILP(intermediate=intermediate, time_limit=time_limit, early_stop=False, attack_steps=0)
+    return config.bounds(network, x, threat, spec=spec)
 
 
 @dataclass(frozen=True)
@@ -127,7 +120,7 @@ class MILP(SolverMethod):
     ``attack_steps`` of the PGD run first under ``early_stop`` (0: none)."""
 
     name: ClassVar[str] = "milp"
-    function = staticmethod(milp_bounds)
+    function = staticmethod(milp_bounds)  # the functional form; ``bounds`` solves through ``solve_example``
     decisive: ClassVar[frozenset[str]] = frozenset({OPTIMAL, "bound"})
 
     intermediate: str = "lp"

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from trustlab.certify.config import BoundMethod
-from trustlab.certify.network import Network
-from trustlab.certify.result import Certificate, Verdict
+from trustlab.certify.network import Network, prepare
+from trustlab.certify.result import Bounds, Certificate, Verdict
 from trustlab.certify.spec import margin_spec, other_classes
 from trustlab.threat import LpBall
 
@@ -59,6 +59,18 @@ class SolverMethod(BoundMethod):
 
     tolerance: ClassVar[float] = 1e-6
     decisive: ClassVar[frozenset[str]] = frozenset({OPTIMAL})
+
+    def bounds(self, network: Network | nn.Module, x: Tensor, threat: LpBall, *,
+               spec: Tensor | None = None) -> Bounds:
+        """Bounds on ``C f(x')``: each example's rows ``[C; -C]`` through :meth:`solve_example` (with no plain
+        model, so no counterexample search), as float64 solves returned in ``x``'s dtype; not differentiable."""
+        network, rows = prepare(network, x, threat, spec)
+        s = rows.shape[1] // 2
+        lower = torch.empty(len(x), 2 * s, dtype=torch.float64)
+        for n in range(len(x)):
+            results = self.solve_example(network, x[n : n + 1], threat, rows[0 if len(rows) == 1 else n])
+            lower[n] = torch.tensor([r.lower for r in results], dtype=torch.float64)
+        return Bounds.from_stacked(lower.to(device=x.device, dtype=x.dtype))
 
     def solve_example(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
                       plain: nn.Module | Network | None = None, label: int | None = None) -> list[RowResult]:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from trustlab.llm.judge import Judge, RefusalJudge, describe_judge
+from trustlab.llm.judge import Judge, RefusalJudge
 from trustlab.llm.perturbations import ALPHABET, Prompt, budget, check_q, get_perturbation, perturb_prompt
 from trustlab.validation import check_positive_int
 
