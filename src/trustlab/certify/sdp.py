@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from trustlab.certify.network import Network, prepare
@@ -115,14 +114,8 @@ def sdp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec:
         solver error beyond the tolerances it reports.
     """
     config = SDP(solver=solver, eps_abs=eps_abs, eps_rel=eps_rel, time_limit=time_limit, fix_stable=fix_stable)
-    network, rows = prepare(network, x, threat, spec)
-    check_depth(network)
-    s = rows.shape[1] // 2
-    lower = torch.empty(len(x), 2 * s, dtype=torch.float64)
-    for n in range(len(x)):
-        results = config.solve_example(network, x[n : n + 1], threat, rows[0 if len(rows) == 1 else n])
-        lower[n] = torch.tensor([r.lower for r in results], dtype=torch.float64)
-    return Bounds.from_stacked(lower.to(device=x.device, dtype=x.dtype))
+    check_depth(prepare(network, x, threat, spec)[0])  # before any solve
+    return config.bounds(network, x, threat, spec=spec)
 
 
 @dataclass(frozen=True)
