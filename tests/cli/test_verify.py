@@ -84,15 +84,15 @@ def test_a_certified_example_broken_by_pgd_fails_the_command(run, capsys):
 def test_solver_flags_reach_the_solver_methods_and_are_refused_without_one(run, capsys):
     """--time-limit and --intermediate configure lp and milp (the certificate id hashes them); with only bound
     methods they are a one-line usage error."""
-    assert main(["--quiet", "verify", str(run), "--method", "crown,lp,milp", "--eps", "0.01", "--n", "6",
-                 "--pgd-steps", "5", "--time-limit", "30", "--intermediate", "crown"]) == 0
+    assert main(["--quiet", "verify", str(run), "--method", "crown,lp,milp", "--eps", "0.01", "--n", "1",
+                 "--pgd-steps", "5", "--time-limit", "4", "--intermediate", "crown"]) == 0
     configs = [json.loads(p.read_text()) for p in (run / "certificates").glob("*lp-linf-eps0.01-*/config.json")]
     settings = {c["method"]["method"]: c["method"] for c in configs}
-    assert settings["lp"]["time_limit"] == 30 and settings["lp"]["intermediate"] == "crown"
-    assert settings["milp"]["time_limit"] == 30 and settings["milp"]["intermediate"] == "crown"
+    assert settings["lp"]["time_limit"] == 4 and settings["lp"]["intermediate"] == "crown"
+    assert settings["milp"]["time_limit"] == 4 and settings["milp"]["intermediate"] == "crown"
     rows = {json.loads(line)["idx"]: json.loads(line)
             for line in next((run / "certificates").glob("milp-*/records.jsonl")).read_text().splitlines()}
-    assert len(rows) == 6 and all(len(r["solver"]["status"]) == 9 for r in rows.values())
+    assert len(rows) == 1 and all(len(r["solver"]["status"]) == 9 for r in rows.values())
     capsys.readouterr()
     assert main(["--quiet", "verify", str(run), "--method", "crown", "--eps", "0.01", "--n", "6",
                  "--time-limit", "5"]) == 2
