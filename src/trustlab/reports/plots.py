@@ -24,6 +24,7 @@ from trustlab.reports.metrics import EpsCurve
 from trustlab.reports.tables import sanitize_text
 
 __all__ = [
+    "plot_curves",
     "plot_eps_curves",
     "plot_per_class",
     "plot_matrix",
@@ -319,5 +320,43 @@ def plot_score_histogram(scores: Mapping[str, Sequence[float]], *, xlabel: str =
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax.set_title(_text(title or "scores", 70), fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str, ylabel: str,
+                title: str | None = None, vlines: Sequence[float] = (), percent: bool = True,
+                path: PathLike = None) -> bytes:
+    """Named curves ``y(x)`` on one axes (e.g. validation and test error against attack iterations).
+
+    Args:
+        curves: name -> ``(xs, ys)``; an empty curve is left out.
+        xlabel, ylabel: the axis labels.
+        title: figure title.
+        vlines: x positions of dotted vertical lines (e.g. where a new poison point starts).
+        percent: show the y values (fractions) as percentages.
+        path: optional PNG file to write.
+
+    Raises:
+        ValueError: every curve is empty, or a curve's xs and ys differ in length.
+    """
+    shown = {k: (np.asarray(x, dtype=float), np.asarray(y, dtype=float)) for k, (x, y) in curves.items() if len(x)}
+    if not shown:
+        raise ValueError("curves holds no points to plot")
+    for name, (x, y) in shown.items():
+        if x.shape != y.shape:
+            raise ValueError(f"curve {name!r}: {len(x)} x values but {len(y)} y values")
+    fig = _figure((6.0, 3.6))
+    ax = fig.subplots()
+    for v in vlines:
+        ax.axvline(v, color="0.8", linestyle=":", linewidth=0.8)
+    scale = 100.0 if percent else 1.0
+    for name, (x, y) in shown.items():
+        ax.plot(x, scale * y, marker="." if len(x) < 60 else None, label=_text(name, 40))
+    ax.set_xlabel(_text(xlabel, 60))
+    ax.set_ylabel(_text(ylabel + (" (%)" if percent else ""), 60))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(_text(title or ylabel, 70), fontsize=10)
     fig.tight_layout()
     return _finish(fig, path)
