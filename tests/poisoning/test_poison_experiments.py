@@ -116,3 +116,15 @@ def test_report_poisoning_section_from_records(svm_out, frogs_run_dir, tmp_path)
     figures = sorted(p.name for p in (tmp_path / "rep" / "figures").iterdir())
     assert any("svm-iterations" in f for f in figures) and any("svm-points" in f for f in figures)
     assert any("svm-images" in f for f in figures) and any("frogs" in f for f in figures)
+
+
+def test_append_trains_a_registry_model_on_the_svm_poisons_with_indices_recorded(svm_out, tmp_path):
+    folder = _only(svm_out, "svm-")
+    out = tmp_path / "appended"
+    assert main(["--quiet", "poison", "append", "--poisons", str(folder), "--dataset", "digits", "--model", "mlp",
+                 "--epochs", "1", "--subset", "400", "--batch-size", "50", "--out", str(out)]) == 0
+    record = json.loads((out / "data_transform.json").read_text())
+    n = record["n_train_before"]
+    assert record["added"] == [n, n + 1] and record["n_train"] == n + 2 and record["replaced"] == []
+    assert record["transform"]["name"] == "appended-poisons" and len(record["transform"]["sha256"]) == 64
+    assert record["info"]["poison_labels"] == [1, 1]

@@ -15,6 +15,8 @@ pair (Biggio et al. 2012) and writes the experiment folder OUT with ``OUT/poison
 attack step, the label-flipping baseline, the poison images).
 ``trustlab poison frogs RUN --dataset mnist --pairs 50`` runs Poison Frogs with RUN's model as the frozen feature
 extractor and commits ``RUN/poisoning/frogs-<id>/`` (one row per target/base pair, the poison images).
+``trustlab poison append --poisons SET ... --out RUN`` trains any registry model on its training set plus those
+poisons (every training flag applies); ``RUN/data_transform.json`` lists their indices.
 
 Each action is one entry of :data:`ACTIONS` (help, arguments, run); another attack is one more entry.
 """
@@ -229,6 +231,33 @@ def _run_frogs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_append(p: argparse.ArgumentParser) -> None:
+    from trustlab.cli.commands import train
+
+    add_global_options(p, suppress=True)
+    train.add_arguments(p)  # every training flag: --dataset, --model, --epochs, --out, ...
+    p.add_argument("--poisons", required=True,
+                   help="a poisons.safetensors file, or the record set folder of `poison svm|frogs` holding one")
+    p.add_argument("--limit", type=int, help="append only the first N poisons (default all)")
+
+
+def _run_append(args: argparse.Namespace) -> int:
+    from trustlab.cli.config import load_toml
+    from trustlab.poisoning.appended import AppendedPoisons
+    from trustlab.training import DEFENSES, TrainConfig, resolve_train_config
+    from trustlab.training.defenses import option_prefix
+    from trustlab.training.run import train_run
+
+    names = TrainConfig.field_names() + [option_prefix(n) + f.name for n, c in DEFENSES.items() for f in fields(c)]
+    options = {**(load_toml(args.config, section="train") if args.config else {}), **given(args, names)}
+    config = resolve_train_config(Path(args.out), options, resume=args.resume)
+    train_run(config, Path(args.out), transform=AppendedPoisons(args.poisons, limit=args.limit),
+              progress=not args.quiet, overwrite=args.overwrite, resume=args.resume)
+    print(f"{shown(args.out)}: trained on the training set plus the poisons of {shown(args.poisons)} "
+          f"(indices in data_transform.json)")
+    return 0
+
+
 ACTIONS: dict[str, Action] = {
     "backdoor": Action("train a run on a backdoor-poisoned training set, and its clean baseline",
                        _add_backdoor, _run_backdoor),
@@ -240,6 +269,8 @@ ACTIONS: dict[str, Action] = {
                   _add_svm, _run_svm),
     "frogs": Action("Poison Frogs (Shafahi et al. 2018): one clean-label poison per target, transfer learning",
                     _add_frogs, _run_frogs),
+    "append": Action("train a registry model on its training set plus the poisons saved by `poison svm|frogs`",
+                     _add_append, _run_append),
 }
 
 
