@@ -92,6 +92,8 @@ def test_frogs_records_one_row_per_pair(frogs_run_dir):
     assert len(rows) == 4 and summary["success_rate"] == sum(r["success"] for r in rows) / 4
     assert all(r["success"] == (r["poisoned_pred"] == r["base_class"]) for r in rows)
     assert all(r["y"] != r["base_class"] for r in rows)
+    correct = [r for r in rows if r["clean_pred"] == r["y"]]
+    assert summary["clean_correct"] == len(correct)
     poisons = load_file(folder / "poisons.safetensors")
     delta = (poisons["x_poison"] - poisons["base"]).reshape(4, -1)
     assert [float(abs(d).max()) for d in delta] == pytest.approx([r["delta_linf"] for r in rows], abs=1e-6)
@@ -112,7 +114,7 @@ def test_inp17_frogs_base_from_the_wrong_class():
 def test_report_poisoning_section_from_records(svm_out, frogs_run_dir, tmp_path):
     assert main(["--quiet", "report", str(svm_out), str(frogs_run_dir), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "SVM poisoning" in md and "Poison Frogs" in md and "label flip" in md
+    assert "SVM poisoning" in md and "Poison Frogs" in md and "label flip" in md and "success on them" in md
     figures = sorted(p.name for p in (tmp_path / "rep" / "figures").iterdir())
     assert any("svm-iterations" in f for f in figures) and any("svm-points" in f for f in figures)
     assert any("svm-images" in f for f in figures) and any("frogs" in f for f in figures)
@@ -128,3 +130,16 @@ def test_append_trains_a_registry_model_on_the_svm_poisons_with_indices_recorded
     assert record["added"] == [n, n + 1] and record["n_train"] == n + 2 and record["replaced"] == []
     assert record["transform"]["name"] == "appended-poisons" and len(record["transform"]["sha256"]) == 64
     assert record["info"]["poison_labels"] == [1, 1]
+
+
+def test_svm_on_2d_gaussians_records_positions_and_draws_the_path(tmp_path):
+    out = tmp_path / "toy"
+    assert main(["--quiet", "poison", "svm", "--dataset", "gaussians-2d", "--pair", "1,0", "--kernel", "rbf",
+                 "--gamma", "5", "--C", "10", "--step-size", "0.1", "--train-size", "20", "--val-size", "100",
+                 "--test-size", "100", "--out", str(out)]) == 0
+    folder = _only(out, "svm-")
+    rows = [r for r in read_records(folder / "records.jsonl") if r["method"] == "gradient"]
+    assert all(len(r["position"]) == 2 for r in rows)
+    assert load_file(folder / "poisons.safetensors")["surface_error"].shape == (30, 30)
+    assert main(["--quiet", "report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert any("svm-path" in p.name for p in (tmp_path / "rep" / "figures").iterdir())

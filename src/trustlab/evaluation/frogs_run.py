@@ -187,6 +187,9 @@ def _summary(rows: list[dict[str, Any]], *, dataset: str) -> dict[str, Any]:
     clean_wrong = sum(r["clean_pred"] == r["base_class"] for r in rows)
     return {"action": "frogs", "dataset": dataset, "pairs": n, "success_rate": sum(r["success"] for r in rows) / n,
             "clean_pred_already_base": clean_wrong,
+            "clean_correct": sum(r["clean_pred"] == r["y"] for r in rows),
+            "success_on_clean_correct": (sum(r["success"] for r in rows if r["clean_pred"] == r["y"])
+                                         / max(1, sum(r["clean_pred"] == r["y"] for r in rows))),
             "delta_l2_mean": sum(r["delta_l2"] for r in rows) / n, "delta_l2_max": max(r["delta_l2"] for r in rows),
             "delta_linf_mean": sum(r["delta_linf"] for r in rows) / n,
             "delta_linf_max": max(r["delta_linf"] for r in rows),

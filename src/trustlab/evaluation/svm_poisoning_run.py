@@ -32,16 +32,42 @@ from trustlab.data import dataset_info, load_dataset
 from trustlab.evaluation.poisoning_run import POISONING_DIR
 from trustlab.evaluation.record_set import commit_record_set
 from trustlab.poisoning.svm import (SVMPoisonConfig, binary_pair, classification_error, fit_svm, label_flip,
-                                    path_errors, svm_poison, validation_hinge_loss)
+                                    loss_surface, path_errors, svm_poison, validation_hinge_loss)
 from trustlab.runs import config_hash, versions, write_json, write_records
 from trustlab.runs.folder import check_overwritable, run_lock, write_marker
 
-__all__ = ["ROW_FIELDS", "POISONS_FILE", "check_pair", "poison_points", "pair_sets", "svm_poisoning_run"]
+__all__ = ["ROW_FIELDS", "POISONS_FILE", "TOY", "check_pair", "poison_points", "pair_sets", "toy_sets",
+           "svm_poisoning_run"]
 
 POISONS_FILE = "poisons.safetensors"
 ROW_FIELDS = ("idx", "y", "method", "point", "n_poison", "step", "val_loss", "val_error", "test_error", "x_norm",
               "moved", "final")
 _POSITION_MAX_D = 2  # rows hold the poison's coordinates only for 2-D problems (the path figure)
+TOY = "gaussians-2d"  # two Gaussian classes in [0, 1]^2 (classes 0 and 1): the lecture's path figure
+_SURFACE_RESOLUTION = 30
+
+
+def _num_classes(dataset: str) -> int:
+    return 2 if dataset == TOY else dataset_info(dataset).num_classes
+
+
+def _image_shape(dataset: str) -> list[int] | None:
+    return None if dataset == TOY else list(dataset_info(dataset).shape)
+
+
+def toy_sets(*, n_train: int, n_val: int, n_test: int | None, seed: int,
+             pair: tuple[int, int] = (1, 0)) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Two Gaussian classes in [0, 1]^2 (class 1 around (0.65, 0.65), class 0 around (0.35, 0.35), sd 0.12),
+    half of each set per class, labels +1 (``pair[0]``) and -1 (``pair[1]``), in :func:`pair_sets`' format."""
+    positive, negative = check_pair(pair, 2)
+    rng = np.random.default_rng(seed)
+    centre = {1: 0.65, 0: 0.35}
+    out = {}
+    for name, n in (("train", n_train), ("val", n_val), ("test", n_test or 1000)):
+        k = n // 2
+        x = np.vstack([rng.normal(centre[positive], 0.12, (k, 2)), rng.normal(centre[negative], 0.12, (n - k, 2))])
+        out[name] = (x.clip(0.0, 1.0), np.r_[np.ones(k, np.int64), -np.ones(n - k, np.int64)], np.arange(n))
+    return out
 
 
 def check_pair(pair: tuple[int, int], num_classes: int) -> tuple[int, int]:
@@ -93,6 +119,8 @@ def pair_sets(dataset: str, pair: tuple[int, int], *, n_train: int, n_val: int, 
     Raises:
         ValueError: a bad pair, or fewer examples of the pair than asked for (counts named).
     """
+    if dataset == TOY:
+        return toy_sets(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, pair=pair)
     info = dataset_info(dataset)
     positive, negative = check_pair(pair, info.num_classes)
     rng = np.random.default_rng(seed)
@@ -167,7 +195,8 @@ def svm_poisoning_run(out: Path, *, pair: tuple[int, int] = (7, 1), n_points: in
             and take the negative label (the paper's attacked class).
         n_points, rate: how many poison points: a count, or ``round(rate * n_train)`` (exactly one of them).
         config: the SVM and attack settings (kernel, C, gamma, steps, step size, ...).
-        dataset: a registered image dataset.
+        dataset: a registered image dataset, or :data:`TOY` (two Gaussian classes in [0, 1]^2; the record
+            set then also holds the validation-error surface of the first point, for the path figure).
         n_train, n_val: training and validation points (from the training split).
         n_test: test points (from the test split; all of the pair's when None).
         seed: the seed of the draws and of the poison starting points.
@@ -216,17 +245,22 @@ def svm_poisoning_run(out: Path, *, pair: tuple[int, int] = (7, 1), n_points: in
         {"idx": int(te_idx[i]), "y": classes[int(y_te[i])], "pred": classes[int(pred[i])],
          "correct": bool(pred[i] == y_te[i])} for i in range(len(y_te))], clean_row)
     set_config = {"action": "svm", "experiment": exp_config, "svm_poison": config.to_dict(), "n_poison": k,
-                  "rate": rate, "image_shape": list(dataset_info(dataset).shape), "versions": versions()}
+                  "rate": rate, "image_shape": _image_shape(dataset), "versions": versions()}
+    extra = {}
+    if x_tr.shape[1] == 2:  # the lecture's figure: the first point's path over the validation-error surface
+        surface = loss_surface(x_tr, y_tr, x_va, y_va, y_c=int(res.y[0]), config=config,
+                               resolution=_SURFACE_RESOLUTION)
+        extra = {"surface_error": surface["error"], "surface_loss": surface["loss"], "surface_grid": surface["grid0"],
+                 "x_train": x_tr, "y_train": y_tr}
     files = {"config.json": set_config, "records.jsonl": rows,
-             POISONS_FILE: _poisons_bytes(res, x_tr, classes, flip_source), "summary.json": summary}
+             POISONS_FILE: _poisons_bytes(res, x_tr, classes, flip_source, extra), "summary.json": summary}
     with run_lock(out):
         commit_record_set(out / POISONING_DIR / f"svm-{config_hash(set_config)[:10]}", files)
     return summary
 
 
 def _write_root(out: Path, exp_config: dict, dataset: str, records: list, clean_row: dict) -> None:
-    info = dataset_info(dataset)
-    write_json(out / "config.json", {"config": exp_config, "dataset": {"name": dataset, "num_classes": info.num_classes},
+    write_json(out / "config.json", {"config": exp_config, "dataset": {"name": dataset, "num_classes": _num_classes(dataset)},
                                      "versions": versions()})
     write_records(out / "records.jsonl", records)
     write_json(out / "summary.json", {"clean_test_error": clean_row["test_error"],
@@ -234,9 +268,10 @@ def _write_root(out: Path, exp_config: dict, dataset: str, records: list, clean_
     write_marker(out, kind="poison-svm")
 
 
-def _poisons_bytes(res, x_tr: np.ndarray, classes: dict[int, int], flip_source: np.ndarray) -> bytes:
+def _poisons_bytes(res, x_tr: np.ndarray, classes: dict[int, int], flip_source: np.ndarray,
+                   extra: dict[str, np.ndarray]) -> bytes:
     from safetensors.numpy import save
 
-    return save({"x_poison": res.x.astype(np.float32), "x_start": x_tr[res.source].astype(np.float32),
+    return save({**{k: np.ascontiguousarray(v) for k, v in extra.items()},"x_poison": res.x.astype(np.float32), "x_start": x_tr[res.source].astype(np.float32),
                  "y_poison": np.array([classes[int(v)] for v in res.y], dtype=np.int64),
                  "source": res.source.astype(np.int64), "label_flip_source": flip_source.astype(np.int64)})

@@ -224,7 +224,8 @@ def _run_frogs(args: argparse.Namespace) -> int:
     s = frogs_run(Path(args.run), dataset=args.dataset, pairs=args.pairs, target_class=args.target_class,
                   base_class=args.base_class, config=config, train_size=args.train_size, eval_size=args.eval_size,
                   seed=args.seed, root=args.root, two_class=args.two_class)
-    print(f"{shown(args.run)}: Poison Frogs on {args.dataset}, {s['pairs']} pairs: success {s['success_rate']:.4f}; "
+    print(f"{shown(args.run)}: Poison Frogs on {args.dataset}, {s['pairs']} pairs: success {s['success_rate']:.4f} "
+          f"({s['success_on_clean_correct']:.4f} of the {s['clean_correct']} targets the clean model got right); "
           f"perturbation l2 {s['delta_l2_mean']:.3f} (max {s['delta_l2_max']:.3f}), l_inf {s['delta_linf_mean']:.3f} "
           f"(max {s['delta_linf_max']:.3f}); clean accuracy {s['clean_acc_before']:.4f} -> "
           f"{s['clean_acc_after_mean']:.4f} (mean over pairs)")

@@ -41,7 +41,8 @@ from trustlab.reports.body import Body, Fragment, slug
 from trustlab.reports.kinds import RecordKind, RecordSet, ReportContext, ReportPart
 
 __all__ = ["KIND", "POISONING_KEYS", "attack_success_rate", "clean_accuracy", "detection_recall",
-           "detection_precision", "svm_errors_vs_steps", "svm_errors_vs_points", "frogs_success_rate"]
+           "detection_precision", "svm_errors_vs_steps", "svm_errors_vs_points", "frogs_success_rate",
+           "frogs_success_rate_clean_correct"]
 
 POISONING_KEYS = ("idx", "y")
 KIND_NAME = "poisoning"
@@ -108,6 +109,13 @@ def frogs_success_rate(records: Sequence[dict[str, Any]]) -> float:
     return sum(bool(r["success"]) for r in records) / len(records)
 
 
+def frogs_success_rate_clean_correct(records: Sequence[dict[str, Any]]) -> float | None:
+    """The success rate over the pairs whose target the clean model classified correctly (None when there are
+    none): a target the clean model already put into the base class is no success of the poison."""
+    rows = [r for r in records if r["clean_pred"] == r["y"]]
+    return frogs_success_rate(rows) if rows else None
+
+
 def _poisons(s: RecordSet) -> dict[str, np.ndarray] | None:
     """The set's ``poisons.safetensors`` (a record file of images, not a model), or None when absent."""
     path = s.path / "poisons.safetensors"
@@ -148,6 +156,14 @@ def _svm(body: Body, i: int, run, s: RecordSet) -> dict[str, Any]:
         body.figure(png, f"poisoning-svm-images-{slug(i, run.name, s.id)}.png", alt=f"SVM poison images, {name}",
                     caption="Each poison point's starting clone, the change and the final poison image.")
     test = svm_errors_vs_points(records)[1]
+    if poisons is not None and "surface_error" in poisons:
+        path = np.array([r["position"] for r in records if r["method"] == "gradient" and r["point"] == 0])
+        png = plots.plot_path_on_surface(poisons["surface_grid"], poisons["surface_error"], path,
+                                         x=poisons["x_train"], y=poisons["y_train"],
+                                         title=f"first poison point's path: {name}")
+        body.figure(png, f"poisoning-svm-path-{slug(i, run.name, s.id)}.png", alt=f"SVM poison path, {name}",
+                    caption="The first poison point's path (red; star: the end) over the validation error of the SVM "
+                            "retrained with the point at each place of the grid, and the clean training points.")
     flip = svm_errors_vs_points(records, "label_flip")[1]
     return {"run": run.name, "pair": f"{pair[0]} vs {pair[1]}", "kernel": kernel, "n train": s.summary.get("n_train"),
             "points": len(test) - 1, "clean test err": test[0], "1 point test err": test[1] if len(test) > 1 else None,
@@ -174,6 +190,8 @@ def _frogs(body: Body, i: int, run, s: RecordSet) -> dict[str, Any]:
                     caption="Base images, the amplified perturbation and the poisons (clean label: the base class).")
     n = len(records)
     return {"run": run.name, "dataset": s.config.get("dataset"), "pairs": n, "success": frogs_success_rate(records),
+            "clean-correct targets": sum(r["clean_pred"] == r["y"] for r in records),
+            "success on them": frogs_success_rate_clean_correct(records),
             "l2 mean": sum(r["delta_l2"] for r in records) / n, "l2 max": max(r["delta_l2"] for r in records),
             "l_inf mean": sum(r["delta_linf"] for r in records) / n, "l_inf max": max(r["delta_linf"] for r in records),
             "clean acc before": records[0]["clean_acc_before"],
@@ -229,7 +247,7 @@ def _signature(s: RecordSet, run) -> dict[str, Any]:
             "differ / queries (PGD)": f"{s.summary.get('c_gradient_differ')} / {s.summary.get('c_gradient_queries')}"}
 
 
-_PCT = {"clean test err", "1 point test err", "final test err", "label flip test err", "final val err", "success",
+_PCT = {"success on them", "clean test err", "1 point test err", "final test err", "label flip test err", "final val err", "success",
         "ASR", "clean acc", "baseline ASR", "baseline clean acc", "recall", "precision", "ASR before", "ASR after",
         "clean acc before", "clean acc after", "same logits (test)", "activated to every label"}
 
@@ -260,7 +278,7 @@ def _section(ctx: ReportContext) -> ReportPart:
                              "differ / queries (PGD)"],
                "svm": ["run", "pair", "kernel", "n train", "points", "clean test err", "1 point test err",
                        "final test err", "label flip test err", "final val err"],
-               "frogs": ["run", "dataset", "pairs", "success", "l2 mean", "l2 max", "l_inf mean", "l_inf max",
+               "frogs": ["run", "dataset", "pairs", "success", "clean-correct targets", "success on them", "l2 mean", "l2 max", "l_inf mean", "l_inf max",
                          "clean acc before", "clean acc after"]}
     titles = {"backdoor": "Backdoors", "defend": "Defenses (flag, remove, retrain)",
               "signature": "Signature backdoor (Goldwasser et al. 2022): no key-less query finds a difference; "
