@@ -143,3 +143,11 @@ def test_svm_on_2d_gaussians_records_positions_and_draws_the_path(tmp_path):
     assert load_file(folder / "poisons.safetensors")["surface_error"].shape == (30, 30)
     assert main(["--quiet", "report", str(out), "--out", str(tmp_path / "rep")]) == 0
     assert any("svm-path" in p.name for p in (tmp_path / "rep" / "figures").iterdir())
+
+
+def test_demo_poisoning_step_writes_an_svm_record_set(tmp_path, capsys):
+    from trustlab.demo import run_poisoning_demo
+
+    s = run_poisoning_demo(tmp_path / "poison-svm")
+    assert "Data poisoning (linear SVM, digits 7 vs 1" in capsys.readouterr().out
+    assert s["n_poison"] == 2 and _only(tmp_path / "poison-svm", "svm-").is_dir()
