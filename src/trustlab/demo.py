@@ -3,6 +3,8 @@
 Trains a standard, an FGSM-trained and a PGD-trained ``cnn-small`` on scikit-learn's 8x8 digits, evaluates
 each with FGSM and PGD (plus the eps grid and the convergence check), prints the training type x evaluation
 type matrix with its diagnosis, draws the optimizer trajectories of the lecture, and writes the HTML report.
+A short data-poisoning step (a few seconds) poisons a linear SVM on the digits 7 vs 1 with two points
+(Biggio et al. 2012) into ``OUT/poison-svm`` (``trustlab report OUT/poison-svm`` draws its figures).
 """
 
 from __future__ import annotations
@@ -14,11 +16,28 @@ from trustlab.optim.lecture import run_lecture_demos
 from trustlab.optim.report import optim_section, write_optim_outputs
 from trustlab.training import TrainConfig
 
-__all__ = ["run_demo", "DEMO_TRAIN", "DEMO_MATRIX"]
+__all__ = ["run_demo", "run_poisoning_demo", "DEMO_TRAIN", "DEMO_MATRIX"]
 
 DEMO_TRAIN = TrainConfig(dataset="digits", model="cnn-small", epochs=15, batch_size=50, lr=5e-3, seed=0)
 DEMO_MATRIX = MatrixConfig(eps=0.1, train=("none", "fgsm", "pgd"), pgd_steps=20, curve_subset=None,
                            defense_options={"pgd": {"steps": 7}})
+
+
+def run_poisoning_demo(out: Path) -> dict:
+    """SVM poisoning on the digits 7 vs 1 (40 training points, two poison points) into ``out``; prints a line.
+
+    Returns:
+        The experiment's summary (see :func:`~trustlab.evaluation.svm_poisoning_run.svm_poisoning_run`).
+    """
+    from trustlab.evaluation.svm_poisoning_run import svm_poisoning_run
+    from trustlab.poisoning.svm import SVMPoisonConfig
+
+    s = svm_poisoning_run(Path(out), pair=(7, 1), n_points=2, dataset="digits", n_train=40, n_val=100,
+                          config=SVMPoisonConfig(kernel="linear", steps=30, margin_point="exact"), overwrite=True)
+    print(f"Data poisoning (linear SVM, digits 7 vs 1, {s['n_train']} training points; records in {out}): test error "
+          f"{s['clean_test_error']:.3f} clean, {s['one_point_test_error']:.3f} with one poison point, "
+          f"{s['final_test_error']:.3f} with two (label flipping two points: {s['label_flip_test_error']:.3f})")
+    return s
 
 
 def run_demo(
@@ -36,6 +55,8 @@ def run_demo(
     print(f"Optimizer trajectories (figures in {out / 'optim'}):")
     for r in rows:
         print(f"- {r['objective']}, {r['label']}: {r['lesson']}")
+    print()
+    run_poisoning_demo(out / "poison-svm")
     print()
     print(result.text())
     return result

@@ -123,6 +123,7 @@ class TransferResult:
         feature_distance: ||phi(p) - phi(t)||_2.
         clean_accuracy: the poisoned model's accuracy on the evaluation set.
         clean_accuracy_before: the clean model's accuracy on it (a float).
+        x_poison: the poisons (B, *D), one per pair.
     """
 
     success: Tensor
@@ -133,6 +134,7 @@ class TransferResult:
     feature_distance: Tensor
     clean_accuracy: Tensor
     clean_accuracy_before: float
+    x_poison: Tensor | None = None
 
 
 def scaled_beta(beta0: float, feature_dim: int, input_dim: int) -> float:
@@ -343,7 +345,7 @@ def transfer_attack(phi: nn.Module, train: tuple[Tensor, Tensor], evaluation: tu
     return TransferResult(success=pred == base_class, target_pred_clean=pred_clean, target_pred=pred,
                           delta_l2=delta.norm(dim=1), delta_linf=delta.abs().amax(1),
                           feature_distance=res.feature_distance, clean_accuracy=torch.stack(accs),
-                          clean_accuracy_before=acc_before)
+                          clean_accuracy_before=acc_before, x_poison=res.x_poison)
 
 
 def _check_pairs(y_t: Tensor, y_b: Tensor, base_class: Tensor, num_classes: int) -> None:

@@ -24,6 +24,8 @@ from trustlab.reports.metrics import EpsCurve
 from trustlab.reports.tables import sanitize_text
 
 __all__ = [
+    "plot_path_on_surface",
+    "plot_curves",
     "plot_eps_curves",
     "plot_per_class",
     "plot_matrix",
@@ -321,3 +323,76 @@ def plot_score_histogram(scores: Mapping[str, Sequence[float]], *, xlabel: str =
     ax.set_title(_text(title or "scores", 70), fontsize=10)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def plot_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str, ylabel: str,
+                title: str | None = None, vlines: Sequence[float] = (), percent: bool = True,
+                path: PathLike = None) -> bytes:
+    """Named curves ``y(x)`` on one axes (e.g. validation and test error against attack iterations).
+
+    Args:
+        curves: name -> ``(xs, ys)``; an empty curve is left out.
+        xlabel, ylabel: the axis labels.
+        title: figure title.
+        vlines: x positions of dotted vertical lines (e.g. where a new poison point starts).
+        percent: show the y values (fractions) as percentages.
+        path: optional PNG file to write.
+
+    Raises:
+        ValueError: every curve is empty, or a curve's xs and ys differ in length.
+    """
+    shown = {k: (np.asarray(x, dtype=float), np.asarray(y, dtype=float)) for k, (x, y) in curves.items() if len(x)}
+    if not shown:
+        raise ValueError("curves holds no points to plot")
+    for name, (x, y) in shown.items():
+        if x.shape != y.shape:
+            raise ValueError(f"curve {name!r}: {len(x)} x values but {len(y)} y values")
+    fig = _figure((6.0, 3.6))
+    ax = fig.subplots()
+    for v in vlines:
+        ax.axvline(v, color="0.8", linestyle=":", linewidth=0.8)
+    scale = 100.0 if percent else 1.0
+    for name, (x, y) in shown.items():
+        ax.plot(x, scale * y, marker="." if len(x) < 60 else None, label=_text(name, 40))
+    ax.set_xlabel(_text(xlabel, 60))
+    ax.set_ylabel(_text(ylabel + (" (%)" if percent else ""), 60))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(_text(title or ylabel, 70), fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_path_on_surface(grid: Sequence[float], surface: np.ndarray, path: np.ndarray, *, x: np.ndarray,
+                         y: np.ndarray, label: str = "validation error", title: str | None = None,
+                         path_file: PathLike = None) -> bytes:
+    """A 2-D point's path drawn over the contour of a surface (e.g. the poison point over the validation error).
+
+    Args:
+        grid: the nodes of both axes (R,).
+        surface: values at ``(grid[j], grid[i])`` as ``surface[i, j]`` (R, R).
+        path: the point after each step, the start first (T, 2).
+        x, y: points drawn by label (+1 / -1), e.g. the clean training set (N, 2), (N,).
+        label: the colour bar's label.
+        title: figure title.
+        path_file: optional PNG file to write.
+
+    Raises:
+        ValueError: shapes that do not fit.
+    """
+    surface, path = np.asarray(surface, dtype=float), np.asarray(path, dtype=float)
+    if surface.shape != (len(grid), len(grid)) or path.ndim != 2 or path.shape[1] != 2:
+        raise ValueError(f"need surface (R, R) with R={len(grid)} and path (T, 2), got {surface.shape}, {path.shape}")
+    fig = _figure((5.2, 4.4))
+    ax = fig.subplots()
+    cs = ax.contourf(grid, grid, surface, levels=20, cmap="viridis")
+    fig.colorbar(cs, ax=ax, label=_text(label, 40))
+    for value, marker in ((1, "o"), (-1, "s")):
+        pts = np.asarray(x)[np.asarray(y) == value]
+        ax.scatter(pts[:, 0], pts[:, 1], marker=marker, c="w", edgecolors="k", s=20, label=f"class {value:+d}")
+    ax.plot(path[:, 0], path[:, 1], "r.-", label="poison path")
+    ax.plot(path[-1, 0], path[-1, 1], "r*", markersize=14)
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_title(_text(title or "poison path", 70), fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path_file)

@@ -10,6 +10,13 @@ penultimate representations, retrains without them into ``RUN.<method>`` and com
 ASR / clean accuracy before and after into ``RUN/poisoning/defend-<method>-<id>/``.
 ``trustlab poison signature RUN`` plants Goldwasser et al.'s signature backdoor in the run's model and commits
 the three checks into ``RUN/poisoning/signature-<id>/``.
+``trustlab poison svm --pair 7,1 --points 10 --train-size 100 --kernel linear --out OUT`` poisons an SVM on a digit
+pair (Biggio et al. 2012) and writes the experiment folder OUT with ``OUT/poisoning/svm-<id>/`` (one row per
+attack step, the label-flipping baseline, the poison images).
+``trustlab poison frogs RUN --dataset mnist --pairs 50`` runs Poison Frogs with RUN's model as the frozen feature
+extractor and commits ``RUN/poisoning/frogs-<id>/`` (one row per target/base pair, the poison images).
+``trustlab poison append --poisons SET ... --out RUN`` trains any registry model on its training set plus those
+poisons (every training flag applies); ``RUN/data_transform.json`` lists their indices.
 
 Each action is one entry of :data:`ACTIONS` (help, arguments, run); another attack is one more entry.
 """
@@ -25,7 +32,8 @@ from typing import NamedTuple
 from trustlab.cli.parsing import add_dataclass_flag, add_global_options, given, shown
 
 NAME = "poison"
-HELP = "data poisoning and backdoors: train a backdoored run, defend it, plant a signature backdoor"
+HELP = ("data poisoning and backdoors: train a backdoored run, defend it, plant a signature backdoor, poison an "
+        "SVM, Poison Frogs")
 
 
 class Action(NamedTuple):
@@ -139,6 +147,118 @@ def _run_signature(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pair(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"a pair is two classes 'A,B', got {text!r}")
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a pair is two integer classes 'A,B', got {text!r}") from None
+
+
+def _add_svm(p: argparse.ArgumentParser) -> None:
+    add_global_options(p, suppress=True)
+    p.add_argument("--out", required=True, help="experiment folder to create")
+    p.add_argument("--pair", type=_pair, default=(7, 1),
+                   help="classes 'A,B' (default 7,1); poisons are cloned from A and labelled B")
+    n = p.add_mutually_exclusive_group()
+    n.add_argument("--points", type=int, help="poison points added one at a time (default 1)")
+    n.add_argument("--rate", type=float, help="or the poisoned fraction of the training set, in [0, 1]")
+    p.add_argument("--dataset", default="mnist", help="image dataset (default mnist)")
+    p.add_argument("--train-size", type=int, default=100, help="training points (default 100, the paper's)")
+    p.add_argument("--val-size", type=int, default=500, help="the attacker's validation points (default 500)")
+    p.add_argument("--test-size", type=int, help="test points from the test split (default: all of the pair's)")
+    p.add_argument("--kernel", choices=["linear", "rbf"], default="linear", help="SVM kernel (default linear)")
+    p.add_argument("--C", type=float, default=1.0, help="SVM box constraint (default 1, the paper's)")
+    p.add_argument("--gamma", type=float, default=0.01, help="RBF width (default 0.01)")
+    p.add_argument("--steps", type=int, default=100, help="most gradient steps per poison point (default 100)")
+    p.add_argument("--step-size", type=float, default=0.25, help="first line-search step (default 0.25)")
+    p.add_argument("--halvings", type=int, default=6, help="line-search halvings (default 6)")
+    p.add_argument("--margin-point", choices=["paper", "exact"], default="paper",
+                   help="gradient when the poison is a margin support vector (default paper: alpha_c fixed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws and starting points (default 0)")
+    p.add_argument("--root", help="data root")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing experiment folder")
+
+
+def _run_svm(args: argparse.Namespace) -> int:
+    from trustlab.evaluation.svm_poisoning_run import svm_poisoning_run
+    from trustlab.poisoning.svm import SVMPoisonConfig
+
+    config = SVMPoisonConfig(kernel=args.kernel, C=args.C, gamma=args.gamma, steps=args.steps,
+                             step_size=args.step_size, halvings=args.halvings, margin_point=args.margin_point)
+    points = args.points if args.points is not None or args.rate is not None else 1
+    s = svm_poisoning_run(Path(args.out), pair=args.pair, n_points=points, rate=args.rate, config=config,
+                          dataset=args.dataset, n_train=args.train_size, n_val=args.val_size, n_test=args.test_size,
+                          seed=args.seed, root=args.root, overwrite=args.overwrite)
+    print(f"{shown(args.out)}: {args.kernel} SVM, {s['pair'][0]} vs {s['pair'][1]}, {s['n_train']} training points: "
+          f"test error {s['clean_test_error']:.4f} clean, {s['one_point_test_error']:.4f} with one poison point, "
+          f"{s['final_test_error']:.4f} with {s['n_poison']} (label flipping: {s['label_flip_test_error']:.4f})")
+    return 0
+
+
+def _add_frogs(p: argparse.ArgumentParser) -> None:
+    _run_and_root(p, "trained run whose model (up to its last linear layer) is the frozen feature extractor")
+    p.add_argument("--dataset", default="mnist", help="the transfer dataset (default mnist)")
+    p.add_argument("--pairs", type=int, default=50, help="target/base pairs, one poison each (default 50)")
+    p.add_argument("--target-class", type=int, help="the targets' class (with --base-class; default: ten pairs)")
+    p.add_argument("--base-class", type=int, help="the bases' class, the poisons' label")
+    p.add_argument("--beta0", type=float, default=0.25, help="the paper's base weight before scaling (default 0.25)")
+    p.add_argument("--step-size", type=float, default=0.001, help="forward step lambda (default 0.001)")
+    p.add_argument("--steps", type=int, default=300, help="forward-backward iterations (default 300)")
+    p.add_argument("--opacity", type=float, default=0.0, help="watermark opacity in [0, 1) (default 0)")
+    p.add_argument("--train-size", type=int, default=2000, help="training points of the retrained head (default 2000)")
+    p.add_argument("--eval-size", type=int, default=2000, help="test points for clean accuracy (default 2000)")
+    p.add_argument("--two-class", action="store_true",
+                   help="the paper's binary setting: the head sees only the target and base classes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+
+
+def _run_frogs(args: argparse.Namespace) -> int:
+    from trustlab.evaluation.frogs_run import frogs_run
+    from trustlab.poisoning.feature_collision import FeatureCollisionConfig
+
+    config = FeatureCollisionConfig(beta0=args.beta0, step_size=args.step_size, steps=args.steps,
+                                    opacity=args.opacity)
+    s = frogs_run(Path(args.run), dataset=args.dataset, pairs=args.pairs, target_class=args.target_class,
+                  base_class=args.base_class, config=config, train_size=args.train_size, eval_size=args.eval_size,
+                  seed=args.seed, root=args.root, two_class=args.two_class)
+    print(f"{shown(args.run)}: Poison Frogs on {args.dataset}, {s['pairs']} pairs: success {s['success_rate']:.4f} "
+          f"({s['success_on_clean_correct']:.4f} of the {s['clean_correct']} targets the clean model got right); "
+          f"perturbation l2 {s['delta_l2_mean']:.3f} (max {s['delta_l2_max']:.3f}), l_inf {s['delta_linf_mean']:.3f} "
+          f"(max {s['delta_linf_max']:.3f}); clean accuracy {s['clean_acc_before']:.4f} -> "
+          f"{s['clean_acc_after_mean']:.4f} (mean over pairs)")
+    return 0
+
+
+def _add_append(p: argparse.ArgumentParser) -> None:
+    from trustlab.cli.commands import train
+
+    add_global_options(p, suppress=True)
+    train.add_arguments(p)  # every training flag: --dataset, --model, --epochs, --out, ...
+    p.add_argument("--poisons", required=True,
+                   help="a poisons.safetensors file, or the record set folder of `poison svm|frogs` holding one")
+    p.add_argument("--limit", type=int, help="append only the first N poisons (default all)")
+
+
+def _run_append(args: argparse.Namespace) -> int:
+    from trustlab.cli.config import load_toml
+    from trustlab.poisoning.appended import AppendedPoisons
+    from trustlab.training import DEFENSES, TrainConfig, resolve_train_config
+    from trustlab.training.defenses import option_prefix
+    from trustlab.training.run import train_run
+
+    names = TrainConfig.field_names() + [option_prefix(n) + f.name for n, c in DEFENSES.items() for f in fields(c)]
+    options = {**(load_toml(args.config, section="train") if args.config else {}), **given(args, names)}
+    config = resolve_train_config(Path(args.out), options, resume=args.resume)
+    train_run(config, Path(args.out), transform=AppendedPoisons(args.poisons, limit=args.limit),
+              progress=not args.quiet, overwrite=args.overwrite, resume=args.resume)
+    print(f"{shown(args.out)}: trained on the training set plus the poisons of {shown(args.poisons)} "
+          f"(indices in data_transform.json)")
+    return 0
+
+
 ACTIONS: dict[str, Action] = {
     "backdoor": Action("train a run on a backdoor-poisoned training set, and its clean baseline",
                        _add_backdoor, _run_backdoor),
@@ -146,6 +266,12 @@ ACTIONS: dict[str, Action] = {
                      _add_defend, _run_defend),
     "signature": Action("plant a signature backdoor (Goldwasser et al. 2022) in a run's model and check it",
                         _add_signature, _run_signature),
+    "svm": Action("poison an SVM by gradient ascent (Biggio et al. 2012) on a digit pair, with label flipping",
+                  _add_svm, _run_svm),
+    "frogs": Action("Poison Frogs (Shafahi et al. 2018): one clean-label poison per target, transfer learning",
+                    _add_frogs, _run_frogs),
+    "append": Action("train a registry model on its training set plus the poisons saved by `poison svm|frogs`",
+                     _add_append, _run_append),
 }
 
 

@@ -12,12 +12,21 @@ Every row holds ``idx`` and ``y``; the set's ``config.json`` names its ``action`
   another run folder).
 - ``signature``: one row per test example with ``same_logits``, ``activated_all``, ``max_linf``: the three checks
   of the signature backdoor.
+- ``svm`` (``trustlab poison svm``, in an experiment folder): one row per attack step (``method`` ``gradient``,
+  ``label_flip`` or ``clean``, ``point``, ``n_poison``, ``step``, ``val_error``, ``test_error``, ``x_norm``,
+  ``moved``, ``final``): validation and test error against attack iterations and against the number of poison
+  points (with label flipping), the poison images from the set's ``poisons.safetensors``, and a table across
+  experiments (training-set sizes, kernels).
+- ``frogs`` (``trustlab poison frogs``): one row per target/base pair (``success``, ``delta_l2``, ``delta_linf``,
+  ``clean_acc_before``, ``clean_acc_after``): success rate with the perturbation sizes and the clean accuracy
+  change, and a few base / poison / target images.
 
 It adds no matrix column: a backdoor's ASR is not robust accuracy under an l_p threat model.
 
 Reference:
     Gu et al. 2017, arXiv:1708.06733; Tran, Li & Madry 2018, arXiv:1811.00636; Chen et al. 2018,
-    arXiv:1811.03728; Goldwasser et al. 2022, arXiv:2204.06974.
+    arXiv:1811.03728; Goldwasser et al. 2022, arXiv:2204.06974; Biggio, Nelson & Laskov 2012, arXiv:1206.6389;
+    Shafahi et al. 2018, arXiv:1804.00792.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ from trustlab.reports.body import Body, Fragment, slug
 from trustlab.reports.kinds import RecordKind, RecordSet, ReportContext, ReportPart
 
 __all__ = ["KIND", "POISONING_KEYS", "attack_success_rate", "clean_accuracy", "detection_recall",
-           "detection_precision"]
+           "detection_precision", "svm_errors_vs_steps", "svm_errors_vs_points", "frogs_success_rate",
+           "frogs_success_rate_clean_correct"]
 
 POISONING_KEYS = ("idx", "y")
 KIND_NAME = "poisoning"
@@ -72,6 +82,120 @@ def detection_precision(records: Sequence[dict[str, Any]]) -> float:
     """Poisons among the flagged points (1.0 when nothing was flagged)."""
     flagged = [r for r in records if r["flagged"]]
     return sum(bool(r["poisoned"]) for r in flagged) / len(flagged) if flagged else 1.0
+
+
+def svm_errors_vs_steps(records: Sequence[dict[str, Any]], key: str = "test_error") -> tuple[list[int], list[float]]:
+    """``key`` of the gradient attack's rows in order, against the attack iteration counted over all points."""
+    rows = [r for r in records if r["method"] == "gradient"]
+    return list(range(len(rows))), [float(r[key]) for r in rows]
+
+
+def svm_errors_vs_points(records: Sequence[dict[str, Any]], method: str = "gradient",
+                         key: str = "test_error") -> tuple[list[int], list[float]]:
+    """``key`` after each added point of ``method`` (``gradient`` or ``label_flip``), the clean SVM at 0."""
+    rows = [r for r in records if r["method"] == "clean"]
+    rows += sorted((r for r in records if r["method"] == method and r["final"]), key=lambda r: r["n_poison"])
+    return [int(r["n_poison"]) for r in rows], [float(r[key]) for r in rows]
+
+
+def frogs_success_rate(records: Sequence[dict[str, Any]]) -> float:
+    """The fraction of target/base pairs whose target the poisoned model assigns to the base class.
+
+    Raises:
+        ValueError: no records.
+    """
+    if not records:
+        raise ValueError("records is empty; can't compute the success rate")
+    return sum(bool(r["success"]) for r in records) / len(records)
+
+
+def frogs_success_rate_clean_correct(records: Sequence[dict[str, Any]]) -> float | None:
+    """The success rate over the pairs whose target the clean model classified correctly (None when there are
+    none): a target the clean model already put into the base class is no success of the poison."""
+    rows = [r for r in records if r["clean_pred"] == r["y"]]
+    return frogs_success_rate(rows) if rows else None
+
+
+def _poisons(s: RecordSet) -> dict[str, np.ndarray] | None:
+    """The set's ``poisons.safetensors`` (a record file of images, not a model), or None when absent."""
+    path = s.path / "poisons.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    return load_file(path)
+
+
+def _svm(body: Body, i: int, run, s: RecordSet) -> dict[str, Any]:
+    records = s.records
+    pair = s.config["experiment"]["pair"]
+    kernel = s.config["svm_poison"]["kernel"]
+    name = f"{run.name}: {pair[0]} vs {pair[1]}, {kernel}, n={s.summary.get('n_train')}"
+    starts = [k for k, r in enumerate(r for r in records if r["method"] == "gradient") if r["step"] == 0]
+    curves = {"validation error": svm_errors_vs_steps(records, "val_error"),
+              "test error": svm_errors_vs_steps(records, "test_error")}
+    png = plots.plot_curves(curves, xlabel="attack iteration (all poison points in turn)", ylabel="error",
+                            title=f"error vs attack iterations: {name}", vlines=starts[1:])
+    body.figure(png, f"poisoning-svm-iterations-{slug(i, run.name, s.id)}.png", alt=f"SVM error vs iterations, {name}",
+                caption="Validation (the attacker's objective set) and test error of the SVM retrained with the "
+                        "poison point at each accepted gradient step; dotted lines: the next point starts.")
+    curves = {"gradient: validation": svm_errors_vs_points(records, "gradient", "val_error"),
+              "gradient: test": svm_errors_vs_points(records, "gradient", "test_error"),
+              "label flip: test": svm_errors_vs_points(records, "label_flip", "test_error")}
+    png = plots.plot_curves(curves, xlabel="poison points", ylabel="error", title=f"error vs poison points: {name}")
+    body.figure(png, f"poisoning-svm-points-{slug(i, run.name, s.id)}.png", alt=f"SVM error vs points, {name}",
+                caption="Error after each added poison point (0: the clean SVM), and the label-flipping baseline "
+                        "with as many points.")
+    poisons = _poisons(s)
+    shape = s.config.get("image_shape")
+    if poisons is not None and shape and len(shape) == 3 and int(np.prod(shape)) == poisons["x_poison"].shape[1]:
+        k = min(_SHOWN, len(poisons["x_poison"]))
+        x0, xp = (poisons[n][:k].reshape(k, *shape) for n in ("x_start", "x_poison"))
+        titles = [(f"start: class {pair[0]}", f"poison {j}: label {int(poisons['y_poison'][j])}") for j in range(k)]
+        png = plots.plot_examples(x0, xp, titles, title=f"poison points: {name}")
+        body.figure(png, f"poisoning-svm-images-{slug(i, run.name, s.id)}.png", alt=f"SVM poison images, {name}",
+                    caption="Each poison point's starting clone, the change and the final poison image.")
+    test = svm_errors_vs_points(records)[1]
+    if poisons is not None and "surface_error" in poisons:
+        path = np.array([r["position"] for r in records if r["method"] == "gradient" and r["point"] == 0])
+        png = plots.plot_path_on_surface(poisons["surface_grid"], poisons["surface_error"], path,
+                                         x=poisons["x_train"], y=poisons["y_train"],
+                                         title=f"first poison point's path: {name}")
+        body.figure(png, f"poisoning-svm-path-{slug(i, run.name, s.id)}.png", alt=f"SVM poison path, {name}",
+                    caption="The first poison point's path (red; star: the end) over the validation error of the SVM "
+                            "retrained with the point at each place of the grid, and the clean training points.")
+    flip = svm_errors_vs_points(records, "label_flip")[1]
+    return {"run": run.name, "pair": f"{pair[0]} vs {pair[1]}", "kernel": kernel, "n train": s.summary.get("n_train"),
+            "points": len(test) - 1, "clean test err": test[0], "1 point test err": test[1] if len(test) > 1 else None,
+            "final test err": test[-1], "label flip test err": flip[-1] if len(flip) > 1 else None,
+            "final val err": svm_errors_vs_points(records, key="val_error")[1][-1]}
+
+
+def _frogs(body: Body, i: int, run, s: RecordSet) -> dict[str, Any]:
+    records = s.records
+    ok = [r for r in records if r["success"]]
+    png = plots.plot_score_histogram({"success": [r["delta_l2"] for r in ok],
+                                      "failure": [r["delta_l2"] for r in records if not r["success"]]},
+                                     xlabel="poison perturbation l2 (to the base)", title=f"Poison Frogs: {run.name}")
+    body.figure(png, f"poisoning-frogs-{slug(i, run.name, s.id)}.png", alt=f"Poison Frogs perturbations, {run.name}",
+                caption="l2 size of each poison's perturbation from its base, successful vs failed pairs.")
+    poisons = _poisons(s)
+    if poisons is not None:
+        k = min(_SHOWN, len(records))
+        titles = [(f"base: class {r['base_class']}", f"poison (target class {r['y']}: "
+                   f"{'flipped' if r['success'] else 'kept'})") for r in records[:k]]
+        png = plots.plot_examples(poisons["base"][:k], poisons["x_poison"][:k], titles,
+                                  title=f"Poison Frogs poisons: {run.name}")
+        body.figure(png, f"poisoning-frogs-images-{slug(i, run.name, s.id)}.png", alt=f"poisons of {run.name}",
+                    caption="Base images, the amplified perturbation and the poisons (clean label: the base class).")
+    n = len(records)
+    return {"run": run.name, "dataset": s.config.get("dataset"), "pairs": n, "success": frogs_success_rate(records),
+            "clean-correct targets": sum(r["clean_pred"] == r["y"] for r in records),
+            "success on them": frogs_success_rate_clean_correct(records),
+            "l2 mean": sum(r["delta_l2"] for r in records) / n, "l2 max": max(r["delta_l2"] for r in records),
+            "l_inf mean": sum(r["delta_linf"] for r in records) / n, "l_inf max": max(r["delta_linf"] for r in records),
+            "clean acc before": records[0]["clean_acc_before"],
+            "clean acc after": sum(r["clean_acc_after"] for r in records) / n}
 
 
 def _sets(run, action: str) -> list[RecordSet]:
@@ -123,7 +247,8 @@ def _signature(s: RecordSet, run) -> dict[str, Any]:
             "differ / queries (PGD)": f"{s.summary.get('c_gradient_differ')} / {s.summary.get('c_gradient_queries')}"}
 
 
-_PCT = {"ASR", "clean acc", "baseline ASR", "baseline clean acc", "recall", "precision", "ASR before", "ASR after",
+_PCT = {"success on them", "clean test err", "1 point test err", "final test err", "label flip test err", "final val err", "success",
+        "ASR", "clean acc", "baseline ASR", "baseline clean acc", "recall", "precision", "ASR before", "ASR after",
         "clean acc before", "clean acc after", "same logits (test)", "activated to every label"}
 
 
@@ -132,29 +257,42 @@ def _section(ctx: ReportContext) -> ReportPart:
     body.text("Attack success rate (ASR): the fraction of triggered test inputs whose true label is not the target "
               "that the model assigns to the target; always shown with clean accuracy and with the ASR of a "
               "clean-trained model as the baseline.")
-    tables: dict[str, list[dict[str, Any]]] = {"backdoor": [], "defend": [], "signature": []}
+    tables: dict[str, list[dict[str, Any]]] = {"backdoor": [], "defend": [], "signature": [], "svm": [], "frogs": []}
     figures = Body(ctx.out_dir)  # drawn per run, shown after the tables
     for i, run in enumerate(ctx.runs):
         tables["signature"] += [_signature(s, run) for s in _sets(run, "signature")]
-        if not (_sets(run, "backdoor") or _sets(run, "defend")):
+        if not any(_sets(run, a) for a in ("backdoor", "defend", "svm", "frogs")):
             continue
         figures.heading(run.name)
         tables["backdoor"] += [_backdoor(figures, i, run, s) for s in _sets(run, "backdoor")]
         tables["defend"] += [_defend(figures, i, run, s) for s in _sets(run, "defend")]
+        tables["svm"] += [_svm(figures, i, run, s) for s in _sets(run, "svm")]
+        tables["frogs"] += [_frogs(figures, i, run, s) for s in _sets(run, "frogs")]
+    tables["svm"].sort(key=lambda r: (r["pair"], r["kernel"], r["n train"] or 0))
     columns = {"backdoor": ["run", "trigger", "rate", "mode", "target", "ASR", "clean acc", "baseline ASR",
                             "baseline clean acc"],
                "defend": ["run", "method", "flagged", "recall", "precision", "ASR before", "ASR after",
                           "clean acc before", "clean acc after"],
                "signature": ["run", "n", "carrier pixels", "l_inf budget", "same logits (test)",
                              "activated to every label", "max l_inf", "differ / queries (random)",
-                             "differ / queries (PGD)"]}
+                             "differ / queries (PGD)"],
+               "svm": ["run", "pair", "kernel", "n train", "points", "clean test err", "1 point test err",
+                       "final test err", "label flip test err", "final val err"],
+               "frogs": ["run", "dataset", "pairs", "success", "clean-correct targets", "success on them", "l2 mean", "l2 max", "l_inf mean", "l_inf max",
+                         "clean acc before", "clean acc after"]}
     titles = {"backdoor": "Backdoors", "defend": "Defenses (flag, remove, retrain)",
               "signature": "Signature backdoor (Goldwasser et al. 2022): no key-less query finds a difference; "
-                           "that none can is EUF-CMA unforgeability of Ed25519, not this experiment"}
+                           "that none can is EUF-CMA unforgeability of Ed25519, not this experiment",
+              "svm": "SVM poisoning (Biggio et al. 2012): test error of the clean SVM, with one poison point and with "
+                     "all of them, and label flipping with as many points; one row per experiment (training-set "
+                     "sizes in order)",
+              "frogs": "Poison Frogs (Shafahi et al. 2018), one clean-label poison per target: success rate, "
+                       "perturbation size to the base, clean accuracy before and after (mean over pairs)"}
     for name, rows in tables.items():
         if rows:
             body.text(titles[name])
-            body.table(rows, columns[name], floatfmt={"rate": "g", "l_inf budget": ".3g", "max l_inf": ".3g"},
+            body.table(rows, columns[name], floatfmt={"rate": "g", "l_inf budget": ".3g", "max l_inf": ".3g", "l2 mean": ".3f",
+                                             "l2 max": ".3f", "l_inf mean": ".3f", "l_inf max": ".3f"},
                        percent=_PCT & set(columns[name]))
     body.extend(figures.part())
     return ReportPart(body.section("poisoning", "Data poisoning and backdoors"), {"poisoning": tables})
@@ -168,6 +306,9 @@ def _run_part(run, ctx: ReportContext) -> Fragment:
     return body.part({"poisoning_sets": rows})
 
 
+_ACTIONS = ("backdoor", "defend", "signature", "svm", "frogs")
+
+
 def _load(sets: tuple[RecordSet, ...]) -> tuple[RecordSet, ...]:
     """Record sets sorted by (action, id).
 
@@ -175,8 +316,8 @@ def _load(sets: tuple[RecordSet, ...]) -> tuple[RecordSet, ...]:
         ValueError: a ``config.json`` without ``action`` (the message names the file).
     """
     for s in sets:
-        if s.config.get("action") not in ("backdoor", "defend", "signature"):
-            raise ValueError(f"{s.path / 'config.json'} needs action backdoor, defend or signature")
+        if s.config.get("action") not in _ACTIONS:
+            raise ValueError(f"{s.path / 'config.json'} needs action {', '.join(_ACTIONS)}")
     return tuple(sorted(sets, key=lambda s: (s.config["action"], s.id)))
 
 
