@@ -116,7 +116,8 @@ def milp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec
 @dataclass(frozen=True)
 class MILP(SolverMethod):
     """Configuration of the exact MILP: big-M from ``intermediate`` bounds (``lp``, ``crown``, ``interval``), a
-    ``time_limit`` in seconds per example, ``early_stop`` (decide the sign only; see the module docstring) and the
+    ``time_limit`` in seconds per example (from the intermediate bounds to the last class's solve; the attack
+    before them is not counted), ``early_stop`` (decide the sign only; see the module docstring) and the
     ``attack_steps`` of the PGD run first under ``early_stop`` (0: none)."""
 
     name: ClassVar[str] = "milp"
