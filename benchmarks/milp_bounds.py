@@ -81,6 +81,8 @@ def main() -> None:
             tic = time.perf_counter()
             results[v] = certify(model, x, y, threat, method=methods[v], batch_size=len(x))
             times[v].append(time.perf_counter() - tic)
+            optimal = sum(s == "optimal" for c in results[v] if c.solver for s in c.solver["status"])
+            print(f"repeat {r} {v:>8}: {times[v][-1]:.1f} s, {optimal} MILPs optimal", flush=True)
     for v in VARIANTS:
         statuses = Counter(s for c in results[v] if c.solver for s in c.solver["status"])
         verdicts = Counter(c.verdict.value for c in results[v])
