@@ -79,8 +79,8 @@ def certify(model: nn.Module | Network, x: Tensor, y: Tensor, threat: LpBall, *,
             tic = time.perf_counter()
             logits = _plain_logits(model, network, xb)
             if isinstance(config, SolverMethod):
-                found = config.certificates(model, network, xb, yb, threat, margin_tol=margin_tol, start=start,
-                                            settings=settings)
+                found = config.certificates(model, network, xb, yb, threat, logits=logits, margin_tol=margin_tol,
+                                            start=start, settings=settings)
                 lower = torch.tensor([c.margin_lower for c in found], dtype=logits.dtype)
                 _check_sound(lower.to(logits.device), logits, yb, where=start)
                 out += found

@@ -93,8 +93,14 @@ class LP(SolverMethod):
 def build_program(network: Network, x: Tensor, threat: LpBall, intermediate: str, *,
                   integer: bool = False) -> ReluProgram:
     """The program of the whole network around the single example ``x`` (``(1, *D)``)."""
+    return ReluProgram(*program_inputs(network, x, threat, intermediate), integer=integer)
+
+
+def program_inputs(network: Network, x: Tensor, threat: LpBall, intermediate: str) -> tuple:
+    """What a :class:`ReluProgram` around the single example ``x`` is built from: the dense layers, the input box
+    and the widened intermediate bounds (computed once, so that an LP and a MILP can share them)."""
     layers = dense_layers(network)
     pre = intermediate_bounds(network, x.detach(), threat, intermediate, layers=layers)
     x_lo, x_hi = (t.flatten().double().cpu().numpy() for t in threat.box(x.detach()))
     prior = [widen(lo[0].flatten().double().cpu().numpy(), hi[0].flatten().double().cpu().numpy()) for lo, hi in pre]
-    return ReluProgram(layers, x_lo, x_hi, prior, integer=integer)
+    return layers, x_lo, x_hi, prior

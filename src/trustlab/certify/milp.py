@@ -36,7 +36,7 @@ from scipy import optimize
 from torch import Tensor, nn
 
 from trustlab.attacks.pgd import pgd
-from trustlab.certify.lp import build_program
+from trustlab.certify.lp import program_inputs
 from trustlab.certify.network import Network
 from trustlab.certify.program import INTERMEDIATE, ReluProgram, check_linf, solve_lp
 from trustlab.certify.result import Bounds
@@ -146,8 +146,9 @@ class MILP(SolverMethod):
                 return found
         deadline = time.perf_counter() + self.time_limit
         tic = time.perf_counter()
-        program = build_program(network, x, threat, self.intermediate, integer=True)
-        relaxed = build_program(network, x, threat, self.intermediate) if self.early_stop else None
+        inputs = program_inputs(network, x, threat, self.intermediate)  # the intermediate bounds, once
+        program = ReluProgram(*inputs, integer=True)
+        relaxed = ReluProgram(*inputs) if self.early_stop else None
         setup = time.perf_counter() - tic
         x_lo, x_hi = threat.box(x.detach())
         out: list[RowResult] = []

@@ -114,7 +114,8 @@ def sdp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec:
         solver error beyond the tolerances it reports.
     """
     config = SDP(solver=solver, eps_abs=eps_abs, eps_rel=eps_rel, time_limit=time_limit, fix_stable=fix_stable)
-    check_depth(prepare(network, x, threat, spec)[0])  # before any solve
+    network = prepare(network, x, threat, spec)[0]
+    check_depth(network)  # before any solve
     return config.bounds(network, x, threat, spec=spec)
 
 
@@ -143,10 +144,10 @@ class SDP(SolverMethod):
             raise TypeError(f"fix_stable must be a bool, got {self.fix_stable!r}")
 
     def certificates(self, model: nn.Module | Network, network: Network, x: Tensor, y: Tensor, threat: LpBall, *,
-                     margin_tol: float, start: int, settings: dict[str, Any]) -> list[Certificate]:
+                     logits: Tensor, margin_tol: float, start: int, settings: dict[str, Any]) -> list[Certificate]:
         check_depth(network)  # before any example, also a misclassified one that needs no solve
-        return super().certificates(model, network, x, y, threat, margin_tol=margin_tol, start=start,
-                                    settings=settings)
+        return super().certificates(model, network, x, y, threat, logits=logits, margin_tol=margin_tol,
+                                    start=start, settings=settings)
 
     def solve_example(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
                       plain: nn.Module | Network | None = None, label: int | None = None) -> list[RowResult]:

@@ -78,11 +78,12 @@ class SolverMethod(BoundMethod):
         raise NotImplementedError
 
     def certificates(self, model: nn.Module | Network, network: Network, x: Tensor, y: Tensor, threat: LpBall, *,
-                     margin_tol: float, start: int, settings: dict[str, Any]) -> list[Certificate]:
+                     logits: Tensor, margin_tol: float, start: int, settings: dict[str, Any]) -> list[Certificate]:
         """One certificate per example of the batch, from :meth:`solve_example` on its margin rows.
 
-        A misclassified clean input is FALSIFIED (it lies in the threat set) without a solve. A row whose solver
-        found a point the plain model misclassifies makes the example FALSIFIED with that point.
+        A misclassified clean input is FALSIFIED (it lies in the threat set) without a solve; ``logits`` are the
+        plain model's on ``x``, already computed by the caller. A row whose solver found a point the plain model
+        misclassifies makes the example FALSIFIED with that point.
         """
         k = network.num_classes
         classes = other_classes(y, k).tolist()
@@ -91,9 +92,7 @@ class SolverMethod(BoundMethod):
         for i in range(len(x)):
             tic = time.perf_counter()
             xi = x[i : i + 1]
-            with torch.no_grad():
-                wrong = int(model(xi).argmax(1)) != int(y[i])
-            if wrong:
+            if int(logits[i].argmax()) != int(y[i]):  # the plain model's logits of the batch
                 out.append(Certificate(index=start + i, label=int(y[i]), verdict=Verdict.FALSIFIED,
                                        classes=tuple(classes[i]), margin_lower=tuple([-math.inf] * (k - 1)),
                                        method=self.name, settings=dict(settings),

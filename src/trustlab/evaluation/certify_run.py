@@ -173,7 +173,7 @@ def _certify_journaled(model, x: Tensor, y: Tensor, threat: LpBall, method: Meth
     certification resumes from the next chunk. A solver method journals every few examples (each may take a
     minute), a bound method every batch."""
     chunk = min(batch_size, SOLVER_CHUNK) if isinstance(method, SolverMethod) else batch_size
-    done = journal.resume(torch.Generator())  # certification draws no randomness; the journal wants a state
+    done = journal.resume()  # certification draws no randomness: no generator state to restore
     records = [r for _, extra in done for r in extra["records"]]
     found = {int(k): t.to(x.device) for tensors, _ in done for k, t in tensors.items()}
     for start in progress_bar(range(len(records), len(x), chunk), desc="certify", enabled=progress):
@@ -183,8 +183,7 @@ def _certify_journaled(model, x: Tensor, y: Tensor, threat: LpBall, method: Meth
                          batch_size=batch_size, margin_tol=margin_tol)]
         rows = certificate_rows(certs, pred[start : start + chunk])
         new = {c.index: c.counterexample for c in certs if c.counterexample is not None}
-        journal.append({str(i): t for i, t in new.items()}, torch.Generator(), records=rows,
-                       seconds=time.perf_counter() - tic)
+        journal.append({str(i): t for i, t in new.items()}, records=rows, seconds=time.perf_counter() - tic)
         records += rows
         found.update(new)
     return records, found
