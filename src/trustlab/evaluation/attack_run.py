@@ -50,7 +50,7 @@ from trustlab.evaluation.checks import MODEL_CHECKS, run_checks
 from trustlab.evaluation.journal import BatchJournal, partial_folder
 from trustlab.evaluation.record_set import (check_run, check_subset, commit_record_set, committed_summary,
                                             evaluation_examples)
-from trustlab.progress import progress_bar
+from trustlab.evaluation.sharding import run_sharded
 from trustlab.runs import config_hash, versions
 from trustlab.runs.folder import run_lock
 from trustlab.seeding import derive_generator
@@ -106,7 +106,8 @@ def attack_batches(
     """Run ``attack_batch(b)`` for the ``ceil(n / batch_size)`` batches, sharded over the ranks of ``job``.
 
     Rank ``r`` attacks batches ``r, r + W, ...``; after each round of ``W`` batches rank 0 gathers them and
-    journals them in order. Batches the ``journal`` (rank 0's) already holds are not attacked again.
+    journals them in order (:func:`~trustlab.evaluation.sharding.run_sharded`). Batches the ``journal`` (rank
+    0's) already holds are not attacked again.
 
     Returns:
         On rank 0, every batch's ``(tensors, extra)`` in batch order, ``extra["seconds"]`` its wall time; on the
@@ -115,20 +116,8 @@ def attack_batches(
     n_batches = -(-n // batch_size)
     done = journal.resume() if journal is not None else []
     start = job.broadcast_object(len(done))
-    batches = list(done)
-    rounds = range(start, n_batches, job.world_size)
-    for first in progress_bar(rounds, desc="attack", enabled=progress and job.is_main):
-        b, mine = first + job.rank, None
-        if b < n_batches:
-            t0 = time.perf_counter()
-            tensors, extra = attack_batch(b)
-            mine = (tensors, {"seconds": time.perf_counter() - t0, **extra})
-        for item in job.all_gather_object(mine):  # rank order is batch order within the round
-            if item is not None and job.is_main:
-                batches.append(item)
-                if journal is not None:
-                    journal.append(item[0], **item[1])
-    return batches
+    return [*done, *run_sharded(range(start, n_batches), attack_batch, journal=journal, job=job, progress=progress,
+                                desc="attack")]
 
 
 def _generator(seed: int, b: int, device: torch.device) -> torch.Generator:
