@@ -14,6 +14,7 @@ so certificate and attack records of one run match by ``idx`` (the report's EVAL
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import statistics
@@ -34,10 +35,11 @@ from trustlab.certify.registry import resolve_method
 from trustlab.certify.solver import SolverMethod
 from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
 from trustlab.device import resolve_device, runtime_info
+from trustlab.distributed import SINGLE, Distributed
 from trustlab.evaluation.record_set import (check_run, check_subset, commit_record_set, committed_summary,
                                             evaluation_examples)
 from trustlab.evaluation.journal import BatchJournal, partial_folder
-from trustlab.progress import progress_bar
+from trustlab.evaluation.sharding import run_sharded
 from trustlab.runs import config_hash, versions
 from trustlab.runs.folder import run_lock
 from trustlab.threat import LpBall
@@ -94,7 +96,7 @@ def certificate_rows(certificates: list[Certificate], pred: list[int]) -> list[d
 def certify_run(
     run_dir: Path, method: str | Method, threat: LpBall, *, subset: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE, margin_tol: float = MARGIN_TOL, root: str | None = None,
-    device: str = "auto", reuse: bool = False, progress: bool = False,
+    device: str = "auto", reuse: bool = False, progress: bool = False, job: Distributed = SINGLE,
 ) -> dict[str, Any]:
     """Certify the run's latest (final) checkpoint on its test split and commit ``RUN/certificates/<id>/``.
 
@@ -109,9 +111,15 @@ def certify_run(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         reuse: return a committed certification with exactly this configuration on the same checkpoint as is.
         progress: show a progress bar over the chunks.
+        job: this process's place in a torchrun job (:data:`~trustlab.distributed.SINGLE` for one process).
 
     A killed certification resumes: finished chunks are journaled in ``RUN/certificates/.<id>.partial/`` and
     the same call goes on from the next one (:mod:`trustlab.evaluation.journal`).
+
+    In a distributed ``job`` every rank loads the checkpoint and the examples and certifies its share of the
+    chunks (rank ``r`` chunks ``r, r + W, ...``); rank 0 alone locks the run, journals, resumes and commits, and
+    every rank returns the summary. The records are one process's, but for their times (``seconds``, the
+    solver's per-class ``seconds``) and for a solver stopped by its time limit, which depends on the machine's load.
 
     Returns:
         The summary: ``method, n, clean_acc, certified_acc, mean_min_margin_lower, seconds,
@@ -131,61 +139,84 @@ def certify_run(
     check_positive_int(batch_size, "batch_size")
     margin_tol = check_nonneg_float(margin_tol, "margin_tol")
     identity = certificate_config(method, threat, subset=subset, margin_tol=margin_tol)
-    with run_lock(run_dir):
+    with run_lock(run_dir) if job.is_main else contextlib.nullcontext():
         ckpt_dir = latest_checkpoint(run_dir)
         if ckpt_dir is None:
             raise FileNotFoundError(f"no valid checkpoint found in {run_dir}")
         checkpoint = checkpoint_ref(ckpt_dir)
         out = run_dir / CERTIFICATES_DIR / certificate_id(method, threat, subset=subset, margin_tol=margin_tol)
-        if reuse and (done := committed_summary(out, identity, checkpoint)) is not None:
-            return done
-        dev = resolve_device(device)
+        if reuse:
+            done = job.broadcast_object(committed_summary(out, identity, checkpoint) if job.is_main else None)
+            if done is not None:
+                return done
+        dev = job.device(resolve_device(device))
         model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
         x, y = (t.to(dev) for t in evaluation_examples(run_dir, root=root, subset=subset))
-        log.info("certify %s on %d test examples of %s (%s)", identity["name"], len(x), run_dir, dev)
+        log.info("certify %s on %d test examples of %s (%s%s)", identity["name"], len(x), run_dir, dev,
+                 f", {job.world_size} processes" if job.enabled else "")
         pred = predict_proba(model, x, batch_size=batch_size).argmax(1).tolist()
-        journal = BatchJournal(partial_folder(out), identity, checkpoint)
+        journal = BatchJournal(partial_folder(out), identity, checkpoint) if job.is_main else None
         t0 = time.perf_counter()
         records, found = _certify_journaled(model, x, y, threat, resolve_method(method), pred, journal,
-                                            batch_size=batch_size, margin_tol=margin_tol, progress=progress)
-        seconds = time.perf_counter() - t0 + journal.resumed_seconds
-        summary = _summary(identity["name"], records, seconds, ckpt_dir.name, checkpoint["sha256"])
-        if journal.resumed_batches:
-            summary["resumed_batches"] = journal.resumed_batches
-        config = {**identity, "batch_size": batch_size, "checkpoint": checkpoint, "run": str(run_dir),
-                  "runtime": runtime_info(dev), "versions": versions()}
-        files: dict[str, Any] = {"config.json": config, "records.jsonl": records}
-        if found:  # the points inside the threat set that the model misclassifies, beside their clean inputs
-            idx = sorted(found)
-            files[COUNTEREXAMPLES] = save({"idx": torch.tensor(idx, dtype=torch.int64),
-                                           "clean": torch.stack([x[i] for i in idx]).cpu().contiguous(),
-                                           "counterexample": torch.stack([found[i] for i in idx]).cpu().contiguous()})
-        files["summary.json"] = summary
-        commit_record_set(out, files)
-        journal.clear()
+                                            batch_size=batch_size, margin_tol=margin_tol, progress=progress, job=job)
+        summary = None
+        if job.is_main:
+            summary = _commit(out, records, found, x, journal, identity=identity, checkpoint=checkpoint,
+                              seconds=time.perf_counter() - t0, ckpt_name=ckpt_dir.name,
+                              config={**identity, "batch_size": batch_size, "checkpoint": checkpoint,
+                                      "run": str(run_dir), "runtime": _runtime(dev, job)})
+    return job.broadcast_object(summary)
+
+
+def _runtime(device: torch.device, job: Distributed) -> dict[str, Any]:
+    return {**runtime_info(device), **({"processes": job.world_size} if job.enabled else {})}
+
+
+def _commit(out: Path, records: list[dict[str, Any]], found: dict[int, Tensor], x: Tensor, journal: BatchJournal, *,
+            identity: dict[str, Any], checkpoint: dict[str, Any], seconds: float, ckpt_name: str,
+            config: dict[str, Any]) -> dict[str, Any]:
+    """Commit the certification to ``out`` and clear its journal; returns the summary."""
+    summary = _summary(identity["name"], records, seconds + journal.resumed_seconds, ckpt_name, checkpoint["sha256"])
+    if journal.resumed_batches:
+        summary["resumed_batches"] = journal.resumed_batches
+    files: dict[str, Any] = {"config.json": {**config, "versions": versions()}, "records.jsonl": records}
+    if found:  # the points inside the threat set that the model misclassifies, beside their clean inputs
+        idx = sorted(found)
+        files[COUNTEREXAMPLES] = save({"idx": torch.tensor(idx, dtype=torch.int64),
+                                       "clean": torch.stack([x[i] for i in idx]).cpu().contiguous(),
+                                       "counterexample": torch.stack([found[i] for i in idx]).cpu().contiguous()})
+    files["summary.json"] = summary
+    commit_record_set(out, files)
+    journal.clear()
     return summary
 
 
 def _certify_journaled(model, x: Tensor, y: Tensor, threat: LpBall, method: Method, pred: list[int],
-                       journal: BatchJournal, *, batch_size: int, margin_tol: float,
-                       progress: bool) -> tuple[list[dict[str, Any]], dict[int, Tensor]]:
+                       journal: BatchJournal | None, *, batch_size: int, margin_tol: float, progress: bool,
+                       job: Distributed = SINGLE) -> tuple[list[dict[str, Any]], dict[int, Tensor]]:
     """Certify in chunks, each journaled when done (its records and FALSIFIED counterexamples), so that a killed
     certification resumes from the next chunk. A solver method journals every few examples (each may take a
-    minute), a bound method every batch."""
+    minute), a bound method every batch. The chunks after the journaled examples are shared out over the ranks
+    of ``job`` (:func:`~trustlab.evaluation.sharding.run_sharded`); rank 0 returns every record and
+    counterexample, the other ranks none. Certification draws no randomness of its own (the MILP's PGD attack
+    seeds its generator with a constant per example), so a chunk's result does not depend on the rank."""
     chunk = min(batch_size, SOLVER_CHUNK) if isinstance(method, SolverMethod) else batch_size
-    done = journal.resume()  # certification draws no randomness: no generator state to restore
+    done = journal.resume() if journal is not None else []  # no generator state to restore
     records = [r for _, extra in done for r in extra["records"]]
     found = {int(k): t.to(x.device) for tensors, _ in done for k, t in tensors.items()}
-    for start in progress_bar(range(len(records), len(x), chunk), desc="certify", enabled=progress):
-        tic = time.perf_counter()
+    first = job.broadcast_object(len(records))  # chunks restart after the journaled examples, whatever their size
+
+    def certify_chunk(start: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
         certs = [replace(c, index=c.index + start) for c in
                  certify(model, x[start : start + chunk], y[start : start + chunk], threat, method=method,
                          batch_size=batch_size, margin_tol=margin_tol)]
-        rows = certificate_rows(certs, pred[start : start + chunk])
-        new = {c.index: c.counterexample for c in certs if c.counterexample is not None}
-        journal.append({str(i): t for i, t in new.items()}, records=rows, seconds=time.perf_counter() - tic)
-        records += rows
-        found.update(new)
+        new = {str(c.index): c.counterexample for c in certs if c.counterexample is not None}
+        return new, {"records": certificate_rows(certs, pred[start : start + chunk])}
+
+    for tensors, extra in run_sharded(range(first, len(x), chunk), certify_chunk, journal=journal, job=job,
+                                      progress=progress, desc="certify"):
+        records += extra["records"]
+        found.update({int(k): t.to(x.device) for k, t in tensors.items()})
     return records, found
 
 
