@@ -14,10 +14,16 @@ Examples are smoothed in groups of :data:`EXAMPLES_PER_GROUP`; the noise batch o
 from ``derive_generator(seed, j)``, and an example's ``seconds`` is its group's wall time over the group's size.
 ``prediction`` is ``-1`` (:data:`~trustlab.smoothing.ABSTAIN`) on abstention; ``correct`` is ``prediction == y``,
 so abstentions count as incorrect (RS-10).
+
+Under torchrun the ranks take the groups in turn (rank ``r`` smooths groups ``r, r + W, ...``) and rank 0 gathers
+them and writes the one folder. Since each group's generator is keyed by the group, not by the rank or by what
+ran before, the records are a single process's with the same seed (their ``seconds`` aside); a job has work for
+at most ``ceil(N / EXAMPLES_PER_GROUP)`` ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -27,9 +33,10 @@ import torch
 
 from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
 from trustlab.device import resolve_device, runtime_info
+from trustlab.distributed import SINGLE, Distributed
 from trustlab.evaluation.record_set import (check_run, check_subset, commit_record_set, committed_summary,
                                             evaluation_examples)
-from trustlab.progress import progress_bar
+from trustlab.evaluation.sharding import run_sharded
 from trustlab.reports.kinds.smoothing import REPORT_RADII, average_certified_radius, certified_accuracy
 from trustlab.runs import config_hash, versions
 from trustlab.runs.folder import run_lock
@@ -72,11 +79,11 @@ def smoothing_id(config: dict[str, Any]) -> str:
 
 
 def _rows(smoothed: SmoothedClassifier, x: torch.Tensor, y: torch.Tensor, config: dict[str, Any], *,
-          batch_size: int, progress: bool) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    groups = range(0, len(x), EXAMPLES_PER_GROUP)
-    for j, start in enumerate(progress_bar(groups, desc=f"smooth {config['mode']}", enabled=progress,
-                                           total=len(groups), unit="group")):
+          batch_size: int, progress: bool, job: Distributed = SINGLE) -> list[dict[str, Any]]:
+    """The records of every group, in order, on rank 0 (none on the other ranks); group ``j`` draws from
+    ``derive_generator(seed, j)`` whichever rank smooths it."""
+    def smooth_group(j: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        start = j * EXAMPLES_PER_GROUP
         xs, ys = x[start:start + EXAMPLES_PER_GROUP], y[start:start + EXAMPLES_PER_GROUP].tolist()
         gen = derive_generator(config["seed"], j)
         t0 = time.perf_counter()
@@ -88,16 +95,21 @@ def _rows(smoothed: SmoothedClassifier, x: torch.Tensor, y: torch.Tensor, config
             out = smoothed.predict(xs, config["n"], config["alpha"], generator=gen, batch_size=batch_size)
             extra = [{"pA_lower": None, "pvalue": float(v), "radius": None} for v in out.pvalue]
         seconds = (time.perf_counter() - t0) / len(xs)
-        for i, (label, pred, more) in enumerate(zip(ys, out.prediction.tolist(), extra)):
-            rows.append({"idx": start + i, "y": int(label), "prediction": int(pred), "abstain": pred == ABSTAIN,
-                         **more, "correct": pred == label, "seconds": seconds})
-    return rows
+        rows = [{"idx": start + i, "y": int(label), "prediction": int(pred), "abstain": pred == ABSTAIN, **more,
+                 "correct": pred == label, "seconds": seconds}
+                for i, (label, pred, more) in enumerate(zip(ys, out.prediction.tolist(), extra))]
+        return {}, {"rows": rows}
+
+    groups = range(-(-len(x) // EXAMPLES_PER_GROUP))
+    done = run_sharded(groups, smooth_group, job=job, progress=progress, desc=f"smooth {config['mode']}",
+                       unit="group")
+    return [r for _, extra in done for r in extra["rows"]]
 
 
 def smoothing_run(run_dir: Path, mode: str, *, sigma: float, n: int, alpha: float, n0: int | None = None,
                   noise: str = "gaussian", subset: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   seed: int = 0, root: str | None = None, device: str = "auto", reuse: bool = False,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, job: Distributed = SINGLE) -> dict[str, Any]:
     """Smooth the run's latest checkpoint with PREDICT or CERTIFY on its test split and commit
     ``RUN/smoothing/<id>/``.
 
@@ -116,6 +128,9 @@ def smoothing_run(run_dir: Path, mode: str, *, sigma: float, n: int, alpha: floa
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         reuse: return a committed evaluation with exactly this configuration on the same checkpoint as is.
         progress: show a progress bar over example groups.
+        job: this process's place in a torchrun job (:data:`~trustlab.distributed.SINGLE` for one process): every
+            rank smooths its share of the groups, rank 0 alone locks the run and commits, every rank returns the
+            summary.
 
     Returns:
         The summary (see the module docstring).
@@ -132,29 +147,34 @@ def smoothing_run(run_dir: Path, mode: str, *, sigma: float, n: int, alpha: floa
     run_dir = check_run(run_dir)
     identity = smoothing_config(mode, sigma=sigma, n=n, alpha=alpha, n0=n0, noise=noise, subset=subset, seed=seed)
     check_positive_int(batch_size, "batch_size")
-    with run_lock(run_dir):
+    with run_lock(run_dir) if job.is_main else contextlib.nullcontext():
         ckpt_dir = latest_checkpoint(run_dir)
         if ckpt_dir is None:
             raise FileNotFoundError(f"no valid checkpoint found in {run_dir}")
         checkpoint = checkpoint_ref(ckpt_dir)
         out = run_dir / SMOOTHING_DIR / smoothing_id(identity)
-        if reuse and (done := committed_summary(out, identity, checkpoint)) is not None:
-            return done
-        dev = resolve_device(device)
+        if reuse:
+            done = job.broadcast_object(committed_summary(out, identity, checkpoint) if job.is_main else None)
+            if done is not None:
+                return done
+        dev = job.device(resolve_device(device))
         model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
         x, y = (t.to(dev) for t in evaluation_examples(run_dir, root=root, subset=subset))
         with torch.no_grad():
             num_classes = model(x[:1]).shape[1]
         smoothed = SmoothedClassifier(model, num_classes, identity["sigma"], noise=identity["noise"])
-        log.info("smooth %s (%s sigma=%g) on %d test examples of %s (%s)", mode, identity["noise"],
-                 identity["sigma"], len(x), run_dir, dev)
+        log.info("smooth %s (%s sigma=%g) on %d test examples of %s (%s%s)", mode, identity["noise"],
+                 identity["sigma"], len(x), run_dir, dev, f", {job.world_size} processes" if job.enabled else "")
         t0 = time.perf_counter()
-        records = _rows(smoothed, x, y.cpu(), identity, batch_size=batch_size, progress=progress)
-        summary = _summary(identity, records, time.perf_counter() - t0, ckpt_dir.name, checkpoint["sha256"])
-        config = {**identity, "batch_size": batch_size, "examples_per_group": EXAMPLES_PER_GROUP,
-                  "checkpoint": checkpoint, "run": str(run_dir), "runtime": runtime_info(dev), "versions": versions()}
-        commit_record_set(out, {"config.json": config, "records.jsonl": records, "summary.json": summary})
-    return summary
+        records = _rows(smoothed, x, y.cpu(), identity, batch_size=batch_size, progress=progress, job=job)
+        summary = None
+        if job.is_main:
+            summary = _summary(identity, records, time.perf_counter() - t0, ckpt_dir.name, checkpoint["sha256"])
+            runtime = {**runtime_info(dev), **({"processes": job.world_size} if job.enabled else {})}
+            config = {**identity, "batch_size": batch_size, "examples_per_group": EXAMPLES_PER_GROUP,
+                      "checkpoint": checkpoint, "run": str(run_dir), "runtime": runtime, "versions": versions()}
+            commit_record_set(out, {"config.json": config, "records.jsonl": records, "summary.json": summary})
+    return job.broadcast_object(summary)
 
 
 def _summary(identity: dict[str, Any], records: list[dict[str, Any]], seconds: float, checkpoint: str,
