@@ -4,7 +4,7 @@ Subcommands register themselves in :mod:`trustlab.cli.commands`. Errors print on
 value and exit non-zero (2 for bad input); ``--debug`` shows the traceback.
 
 Under ``torchrun`` with more than one process, only the commands that set ``DISTRIBUTED = True`` (``train``,
-``attack``) run; ranks other than 0 log warnings and errors only, and print nothing else.
+``attack``, ``verify``, ``smooth``) run; ranks other than 0 log warnings and errors only, and print nothing else.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(levelname)s {f'[rank {job.rank}] ' if job.enabled else ''}%(name)s: %(message)s")
     if job.enabled and not args.distributed:
         print(f"trustlab {args.command}: error: this command does not run distributed ({job.world_size} processes "
-              "under torchrun); run it as one process, or use train or attack", file=sys.stderr)
+              "under torchrun); run it as one process, or use train, attack, verify or smooth", file=sys.stderr)
         return 2
     try:
         return args.handler(args)

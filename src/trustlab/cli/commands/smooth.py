@@ -5,7 +5,9 @@ CERTIFY on the first 500 test examples and writes one record per example (label,
 pA_lower, radius, correct, seconds) into ``RUN/smoothing/<id>/``, committed in one rename under the run's lock;
 ``trustlab smooth predict RUN --sigma 0.25 --n 1000 --alpha 0.001`` does the same with PREDICT (no radius). The
 printed table gives certified accuracy at radii 0, 0.5, 1.0, 1.5, 2.0, the average certified radius and the
-abstention rate; ``trustlab report`` draws certified accuracy against the radius.
+abstention rate; ``trustlab report`` draws certified accuracy against the radius. Under ``torchrun
+--nproc_per_node=N`` the ranks share out the groups of examples and rank 0 commits the records one process writes
+(but for their times) and prints.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from trustlab.cli.parsing import add_global_options, shown
 
 NAME = "smooth"
+DISTRIBUTED = True  # under torchrun: the example groups are shared out, rank 0 writes and prints
 HELP = "randomized smoothing: certify or predict with a run's model under noise (Cohen et al. 2019)"
 
 
@@ -28,7 +31,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="noise scale in pixel space: Gaussian std (lambda for uniform and Laplace)")
     p.add_argument("--noise", choices=["gaussian", "uniform", "laplace"], default="gaussian",
                    help="smoothing noise (default gaussian: l2 radius; uniform and laplace: l1 radius)")
-    p.add_argument("--n", type=int, default=10_000, help="noise samples per example (default 10000)")
+    p.add_argument("--n", "--n-samples", dest="n", type=int, default=10_000,
+                   help="noise samples per example (default 10000); spell it --n-samples under torchrun, whose "
+                        "parser takes --n for its own")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability per example (default 0.001)")
     p.add_argument("--n-examples", type=int, default=500,
                    help="the first N test examples of the seeded split (default 500)")
@@ -50,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trustlab.device import resolve_device
+    from trustlab.distributed import distributed
     from trustlab.evaluation import smoothing_config, smoothing_id, smoothing_run
     from trustlab.reports.tables import markdown_table
 
@@ -59,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
     n0 = getattr(args, "n0", None)
     settings = dict(sigma=args.sigma, n=args.n, alpha=args.alpha, n0=n0, noise=args.noise, subset=args.n_examples,
                     seed=args.seed)
-    summary = smoothing_run(Path(args.run), mode, **settings, batch_size=args.batch_size, root=args.root,
-                            device=args.device, progress=not args.quiet)
+    with distributed(resolve_device(args.device)) as job:  # one process: no process group
+        summary = smoothing_run(Path(args.run), mode, **settings, batch_size=args.batch_size, root=args.root,
+                                device=args.device, progress=not args.quiet, job=job)
+    if not job.is_main:
+        return 0
     folder = smoothing_id(smoothing_config(mode, **settings))
     row = {"sigma": summary["sigma"], "accuracy": summary["accuracy"], "abstain": summary["abstain_rate"],
            "ms": 1000 * summary["seconds_per_example"]}

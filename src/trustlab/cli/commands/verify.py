@@ -7,6 +7,9 @@ is reused), so the report has the empirical upper bound next to the certified lo
 certified accuracy, PGD accuracy, clean accuracy, the mean over examples of the smallest margin lower bound, and
 the time per example of each method. An example certified by a method and broken by PGD (EVAL-14) is a soundness
 bug: it is printed as an error and the command exits 1, with every record kept for inspection.
+
+Under ``torchrun --nproc_per_node=N`` the ranks share out the certification chunks and PGD's batches; rank 0
+commits the record sets (those of one process, but for times) and prints.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from trustlab.cli.parsing import shown
 
 NAME = "verify"
+DISTRIBUTED = True  # under torchrun: the chunks (and PGD's batches) are shared out, rank 0 writes and prints
 HELP = "certify a trained run's model (IBP, CROWN-IBP, CROWN, alpha-CROWN, LP, MILP, SDP) and compare with PGD"
 
 DEFAULT_METHODS = "ibp,crown-ibp,crown,alpha-crown"
@@ -36,9 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"bound methods, comma-separated (default {DEFAULT_METHODS})")
     p.add_argument("--eps", type=float, required=True, help="the threat's budget")
     p.add_argument("--p", default="inf", choices=["inf", "2"], help="the threat's norm (default inf)")
-    p.add_argument("--n", type=int, default=1000,
+    p.add_argument("--n", "--n-examples", dest="n", type=int, default=1000,
                    help="certify the first N test examples of the seeded split (default 1000; the whole split if "
-                        "it is smaller)")
+                        "it is smaller); spell it --n-examples under torchrun, whose parser takes --n for its own")
     p.add_argument("--batch-size", type=int, default=256, help="examples bounded together (default 256)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds per example for the solver methods lp (per LP), milp and sdp (default: each "
@@ -70,6 +74,8 @@ def parse_methods(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trustlab.device import resolve_device
+    from trustlab.distributed import distributed
     from trustlab.evaluation import attack_id, attack_run, certify_run
     from trustlab.reports.tables import markdown_table
     from trustlab.threat import LpBall
@@ -83,12 +89,15 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     run_dir = Path(args.run)
-    common = {"subset": args.n, "root": args.root, "device": args.device}
-    summaries = {name: certify_run(run_dir, m, threat, batch_size=args.batch_size, progress=not args.quiet, **common)
-                 for name, m in zip(names, methods)}
     pgd_params = {"steps": args.pgd_steps, "restarts": args.pgd_restarts}
-    pgd = attack_run(run_dir, "pgd", threat, pgd_params, batch_size=args.batch_size, seed=args.seed, reuse=True,
-                     progress=not args.quiet, **common)
+    with distributed(resolve_device(args.device)) as job:  # one process: no process group
+        common = {"subset": args.n, "root": args.root, "device": args.device, "progress": not args.quiet, "job": job}
+        summaries = {name: certify_run(run_dir, m, threat, batch_size=args.batch_size, **common)
+                     for name, m in zip(names, methods)}
+        pgd = attack_run(run_dir, "pgd", threat, pgd_params, batch_size=args.batch_size, seed=args.seed, reuse=True,
+                         **common)
+    if not job.is_main:
+        return 0
     pgd_dir = run_dir / "attacks" / attack_id("pgd", threat, pgd_params, seed=args.seed, subset=args.n,
                                               batch_size=args.batch_size)
     rows = [{"method": m, "certified": s["certified_acc"], "pgd": pgd["robust_acc"], "clean": s["clean_acc"],
