@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -103,6 +105,20 @@ def test_report_of_an_experiment_holding_only_an_eval_set(tmp_path, chat_server)
     assert "refusal-substring, version smoothllm-2023" in html and "substring heuristic" in html
     assert escape("\"I'm sorry\"") in html
     assert data["llm"]["judges"][0]["version"] == "smoothllm-2023" and data["llm"]["attacks"] == []
+
+
+def test_the_report_of_an_llm_experiment_loads_no_model(tmp_path, chat_server):
+    """In a fresh interpreter: building the report imports no LLM, backend, evaluation or model code."""
+    exp = tmp_path / "exp"
+    with chat_server(answer) as server:
+        assert run_eval(exp, server, write_prompts(tmp_path / "p.csv", PROMPTS)) == 0
+    code = ("import sys\n"
+            "from trustlab.reports.report import build_report\n"
+            f"build_report([{str(exp)!r}], {str(tmp_path / 'rep')!r})\n"
+            "bad = ('trustlab.llm', 'trustlab.evaluation', 'trustlab.models', 'transformers')\n"
+            "print(','.join(sorted(m for m in sys.modules if m.startswith(bad))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "" and '<section id="llm">' in (tmp_path / "rep" / "report.html").read_text()
 
 
 def test_experiment_root_holds_one_row_per_prompt_of_each_set(tmp_path, chat_server):
