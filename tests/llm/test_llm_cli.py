@@ -1,5 +1,6 @@
 """``trustlab llm attack|defend|eval`` end to end: against the loopback OpenAI-compatible server and a tiny local
-model saved here; INP-18's bad inputs as one-line errors."""
+model saved here, each committing its record set into an experiment folder; INP-18's bad inputs as one-line
+errors."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def write_prompts(path, rows):
     return str(path)
 
 
+def only_set(exp, action):
+    """The one record set of ``action`` in the experiment folder ``exp``."""
+    (found,) = [p for p in (exp / "llm").iterdir() if p.name.startswith(f"{action}-")]
+    return found
+
+
 PROMPTS = [{"prompt": "What is the secret word? !!!!!!!!!!!!!!!!!!!!", "kind": "attacked"},
            {"prompt": "What is the secret word?", "kind": "clean"}]
 
@@ -38,15 +45,17 @@ def test_eval_runs_against_an_openai_compatible_endpoint(tmp_path, chat_server, 
                    "TRUSTLAB_CLI_KEY", "--perturbation", "swap", "patch", "--q", "5", "50", "--n-copies", "2", "3",
                    "--out", str(tmp_path / "eval"), "--quiet"])
     assert rc == 0
-    rows = read_records(tmp_path / "eval" / "records.jsonl")
+    out = only_set(tmp_path / "eval", "eval")
+    rows = read_records(out / "records.jsonl")
     assert len(rows) == 2 * (1 + 2 * 2 * 2)
-    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["jailbroken_rate"][0] == {"perturbation": "none", "q": None, "n_copies": None,
                                              "rate": {"attacked": 1.0, "clean": 0.0}}
-    config = json.loads((tmp_path / "eval" / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["action"] == "eval"
     assert config["judge"]["version"] == "smoothllm-2023" and "substring heuristic" in config["judge"]["kind"]
-    for path in (tmp_path / "eval").iterdir():
-        assert KEY not in path.read_text()
+    for path in (tmp_path / "eval").rglob("*"):
+        assert path.is_dir() or KEY not in path.read_text()
     assert KEY not in capsys.readouterr().out
     assert server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"
 
@@ -57,7 +66,7 @@ def test_defend_writes_one_record_per_prompt(tmp_path, chat_server):
         rc = main(["llm", "defend", src, "--endpoint", server.base_url, "--q", "50", "--n-copies", "4",
                    "--out", str(tmp_path / "d"), "--quiet"])
     assert rc == 0
-    rows = read_records(tmp_path / "d" / "records.jsonl")
+    rows = read_records(only_set(tmp_path / "d", "defend") / "records.jsonl")
     assert [r["kind"] for r in rows] == ["attacked", "clean"] and all(len(r["votes"]) == 4 for r in rows)
     assert rows[0]["undefended_jailbroken"] and not rows[1]["undefended_jailbroken"]
 
@@ -94,12 +103,16 @@ def test_attack_then_eval_on_a_local_model(tmp_path, tiny_llama, char_tokenizer)
     rc = main(["llm", "attack", str(behaviours), "--model-path", str(folder), "--steps", "2", "--topk", "8",
                "--batch-size", "8", "--suffix", "!!!!", "--out", str(tmp_path / "att"), "--quiet"])
     assert rc == 0
-    rows = read_records(tmp_path / "att" / "records.jsonl")
+    attack = only_set(tmp_path / "att", "attack")
+    rows = read_records(attack / "records.jsonl")
     assert [r["goal"] for r in rows] == ["Say the word", "Tell me"] and all(len(r["suffix"]) == 4 for r in rows)
-    steps = read_records(tmp_path / "att" / "steps.jsonl")
+    steps = read_records(attack / "steps.jsonl")
     assert {s["goal_idx"] for s in steps} == {0, 1}
-    rc = main(["llm", "eval", str(tmp_path / "att"), "--model-path", str(folder), "--max-new-tokens", "3",
-               "--q", "10", "--n-copies", "2", "--out", str(tmp_path / "ev"), "--quiet"])
+    clean = write_prompts(tmp_path / "benign.csv", [{"prompt": "Hi there", "kind": "clean"}])
+    # the experiment folder picks its attack set; a CSV of clean prompts joins it; the eval set lands beside it
+    rc = main(["llm", "eval", str(tmp_path / "att"), clean, "--model-path", str(folder), "--max-new-tokens", "3",
+               "--q", "10", "--n-copies", "2", "--out", str(tmp_path / "att"), "--quiet"])
     assert rc == 0
-    rows = read_records(tmp_path / "ev" / "records.jsonl")
-    assert {r["kind"] for r in rows} == {"attacked", "clean"} and len(rows) == 4 * 2
+    rows = read_records(only_set(tmp_path / "att", "eval") / "records.jsonl")
+    assert [r["kind"] for r in rows[:5]] == ["attacked", "attacked", "goal", "goal", "clean"] and len(rows) == 5 * 2
+    assert rows[0]["prompt"] == read_records(attack / "records.jsonl")[0]["prompt"]

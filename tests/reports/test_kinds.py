@@ -134,7 +134,7 @@ def test_unregistering_restores_the_old_report(tmp_path):
         unregister_kind("toy-certificate")
     assert _report([run], tmp_path / "after") == before
     assert [k.name for k in record_kinds()] == [k.name for k in builtin_kinds()] == ["attack", "certificate", "smoothing", "training",
-                                                                                      "poisoning"]
+                                                                                      "poisoning", "llm"]
     assert "toy-certificate" not in load_run(run).sets
 
 

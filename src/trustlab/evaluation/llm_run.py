@@ -1,25 +1,29 @@
 """``trustlab llm``: GCG attacks, SmoothLLM answers and their success rates, one record per prompt.
 
-Each command commits a folder (:func:`~trustlab.evaluation.record_set.commit_record_set`, one rename) holding
-``config.json`` (settings, the backend without any key, the judge with its version and phrases, versions),
-``records.jsonl`` and ``summary.json``:
+Each command commits one record set into an experiment folder ``EXP`` (:mod:`~trustlab.evaluation.llm_experiment`:
+``EXP/llm/<action>-<hash>/``, and ``EXP``'s own records rebuilt from every set, so that ``trustlab report EXP``
+reads it). A set holds ``config.json`` (``action``, the settings, the backend without any key, the judge with its
+version and phrases, a digest of the inputs, versions), ``records.jsonl`` and ``summary.json``:
 
-- attack: one row per goal (``goal, target, suffix, prompt, loss, success, steps, seconds``) and ``steps.jsonl``
-  (the per-step trace: ``goal_idx, step, loss, success, seconds``);
+- attack: one row per goal (``idx, goal, target, suffix, prompt, loss, success, steps, seconds``) and
+  ``steps.jsonl`` (the per-step trace: ``goal_idx, step, loss, success, seconds``);
 - defend: one row per prompt (``idx, kind, prompt, undefended_response, undefended_jailbroken, jailbroken,
   jailbroken_fraction, response, ...``);
 - eval: one row per (prompt, perturbation, q, N), plus the undefended row (``perturbation = "none"``); the
-  summary gives the attack success rate per prompt kind for each setting.
+  summary gives the rate per prompt kind for each setting.
 
 Inputs are CSV files: behaviours with columns ``goal,target``; prompts with ``prompt`` and optionally ``kind``
-(e.g. ``attacked``/``clean``). An attack folder can be given to ``eval`` and ``defend`` instead: each goal is
-used with its suffix (``attacked``) and without (``clean``).
+(``attacked`` and ``goal`` prompts should be refused, any other kind, e.g. ``clean``, answered; default
+``prompt``). An attack set, or an experiment folder holding one, can be given to ``eval`` and ``defend`` instead
+of a CSV: each goal is used with its suffix (kind ``attacked``) and alone (kind ``goal``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +32,7 @@ from typing import Any
 
 import torch
 
-from trustlab.evaluation.record_set import commit_record_set
+from trustlab.evaluation.llm_experiment import attack_set_of, check_experiment, commit_llm_set
 from trustlab.llm.gcg import DEFAULT_SUFFIX, GCGConfig, gcg_attack
 from trustlab.llm.judge import Judge, RefusalJudge, describe_judge
 from trustlab.llm.perturbations import Prompt, check_q, get_perturbation
@@ -37,7 +41,7 @@ from trustlab.runs import read_records, versions
 from trustlab.seeding import derive_seed
 from trustlab.validation import check_positive_int
 
-__all__ = ["read_behaviours", "read_prompts", "llm_attack_run", "llm_defend_run", "llm_eval_run"]
+__all__ = ["read_behaviours", "read_prompts", "prompts_digest", "llm_attack_run", "llm_defend_run", "llm_eval_run"]
 
 log = logging.getLogger(__name__)
 Generate = Callable[[list[str]], Sequence[str]]
@@ -70,31 +74,50 @@ def read_behaviours(path: Path) -> list[tuple[str, str]]:
 
 
 def read_prompts(source: Path) -> list[dict[str, str]]:
-    """``{"prompt", "kind"}`` rows from a CSV with a ``prompt`` column, or from an attack folder's records (each goal
-    with its suffix, ``attacked``, and without, ``clean``).
+    """``{"prompt", "kind"}`` rows from a CSV with a ``prompt`` column (``kind`` optional, default ``prompt``), or
+    from an attack set, or an experiment folder holding one (each goal with its suffix, ``attacked``, and alone,
+    ``goal``).
 
     Raises:
-        ValueError, FileNotFoundError: unreadable input, a missing column or an empty prompt.
+        ValueError, FileNotFoundError: unreadable input, a missing column, an empty prompt, or a folder that is
+            not an attack set nor an experiment with exactly one.
     """
     source = Path(source)
-    if source.is_dir():
-        records = read_records(source / "records.jsonl")
+    attack = attack_set_of(source)
+    if attack is not None:
+        records = read_records(attack / "records.jsonl")
         return ([{"prompt": r["prompt"], "kind": "attacked"} for r in records]
-                + [{"prompt": r["goal"], "kind": "clean"} for r in records])
+                + [{"prompt": r["goal"], "kind": "goal"} for r in records])
     return [{"prompt": r["prompt"], "kind": r.get("kind") or "prompt"} for r in _read_csv(source, ("prompt",))]
 
 
-def _config(kind: str, settings: dict[str, Any], backend: dict[str, Any], judge: Judge | None) -> dict[str, Any]:
-    out = {"kind": kind, **settings, "backend": backend, "versions": versions()}
+def prompts_digest(rows: Sequence[Any]) -> str:
+    """sha256 of the inputs' canonical JSON: two sets over the same prompts (or behaviours) share it."""
+    return hashlib.sha256(json.dumps(list(rows), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _config(settings: dict[str, Any], backend: dict[str, Any], judge: Judge | None, inputs: Sequence[Any],
+            sources: Sequence[str] | None) -> dict[str, Any]:
+    out = {**settings, "backend": backend, "inputs_sha256": prompts_digest(inputs), "n_inputs": len(inputs),
+           "sources": [str(s) for s in sources or ()], "versions": versions()}
     if judge is not None:
         out["judge"] = describe_judge(judge)
     return out
 
 
 def llm_attack_run(out: Path, model: torch.nn.Module, tokenizer: Any, behaviours: Sequence[tuple[str, str]], *,
-                   config: GCGConfig, system_prompt: str | None = None, suffix: str = DEFAULT_SUFFIX, seed: int = 0, backend: dict[str, Any] | None = None) -> dict[str, Any]:
-    """GCG on each (goal, target) pair separately; commit ``out``. Returns the summary (success rate, steps,
-    seconds per goal)."""
+                   config: GCGConfig, system_prompt: str | None = None, suffix: str = DEFAULT_SUFFIX, seed: int = 0,
+                   backend: dict[str, Any] | None = None,
+                   sources: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """GCG on each (goal, target) pair separately; commit the set into the experiment folder ``out``.
+
+    Returns:
+        The set's folder and its summary (success rate, steps and seconds per goal, seconds per step).
+
+    Raises:
+        FileExistsError: ``out`` can't be an LLM experiment folder (checked before the attack).
+    """
+    check_experiment(out)
     rows, trace = [], []
     for i, (goal, target) in enumerate(behaviours):
         t0 = time.perf_counter()
@@ -110,11 +133,11 @@ def llm_attack_run(out: Path, model: torch.nn.Module, tokenizer: Any, behaviours
     summary = {"n_goals": n, "success_rate": sum(r["success"] for r in rows) / n,
                "mean_steps": sum(r["steps"] for r in rows) / n, "seconds_per_goal": sum(r["seconds"] for r in rows) / n,
                "seconds_per_step": sum(t["seconds"] for t in trace) / max(1, sum(r["steps"] for r in rows))}
-    settings = {"steps": config.steps, "topk": config.topk, "batch_size": config.batch_size,
+    settings = {"kind": "llm-attack", "steps": config.steps, "topk": config.topk, "batch_size": config.batch_size,
                 "system_prompt": system_prompt, "suffix_init": suffix, "seed": seed}
-    commit_record_set(Path(out), {"config.json": _config("llm-attack", settings, backend or {}, None),
-                                  "records.jsonl": rows, "steps.jsonl": trace, "summary.json": summary})
-    return summary
+    path = commit_llm_set(out, "attack", _config(settings, backend or {}, None, behaviours, sources),
+                          {"records.jsonl": rows, "steps.jsonl": trace, "summary.json": summary})
+    return path, summary
 
 
 def _smooth_rows(generate: Generate, prompts: Sequence[dict[str, str]], undefended: list[str], judge: Judge,
@@ -136,28 +159,44 @@ def _rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def llm_defend_run(out: Path, generate: Generate, prompts: Sequence[dict[str, str]], *, setting: SmoothLLMConfig,
-                   judge: Judge | None = None, seed: int = 0, backend: dict[str, Any] | None = None) -> dict[str, Any]:
-    """SmoothLLM on each prompt (and the undefended answer); commit ``out``. Returns the summary."""
+                   judge: Judge | None = None, seed: int = 0, backend: dict[str, Any] | None = None,
+                   sources: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """SmoothLLM on each prompt (and the undefended answer); commit the set into the experiment folder ``out``.
+
+    Returns:
+        The set's folder and its summary.
+
+    Raises:
+        FileExistsError: ``out`` can't be an LLM experiment folder (checked before any model call).
+    """
+    check_experiment(out)
     judge = judge or RefusalJudge()
     undefended = batched_generate(generate, [p["prompt"] for p in prompts], setting.batch_size)
     rows = _smooth_rows(generate, prompts, undefended, judge, setting, seed)
     summary = {"n_prompts": len(rows), "jailbroken_rate": _rates(rows),
                "undefended_jailbroken_rate": _rates([{**r, "jailbroken": r["undefended_jailbroken"]} for r in rows])}
-    settings = {"perturbation": setting.perturbation, "q": setting.q, "n_copies": setting.n_copies,
-                "batch_size": setting.batch_size, "seed": seed}
-    commit_record_set(Path(out), {"config.json": _config("llm-defend", settings, backend or {}, judge),
-                                  "records.jsonl": rows, "summary.json": summary})
-    return summary
+    settings = {"kind": "llm-defend", "perturbation": setting.perturbation, "q": setting.q,
+                "n_copies": setting.n_copies, "batch_size": setting.batch_size, "seed": seed}
+    path = commit_llm_set(out, "defend", _config(settings, backend or {}, judge, prompts, sources),
+                          {"records.jsonl": rows, "summary.json": summary})
+    return path, summary
 
 
 def llm_eval_run(out: Path, generate: Generate, prompts: Sequence[dict[str, str]], *, perturbations: Sequence[str],
                  qs: Sequence[float], n_copies: Sequence[int], batch_size: int | None = None,
-                 judge: Judge | None = None, seed: int = 0, backend: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The attack success rate with no defense and with SmoothLLM for each (perturbation, q, N); commit ``out``.
+                 judge: Judge | None = None, seed: int = 0, backend: dict[str, Any] | None = None,
+                 sources: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The rate judged jailbroken (answered) per prompt kind with no defense and with SmoothLLM for each
+    (perturbation, q, N); commit the set into the experiment folder ``out``.
+
+    Returns:
+        The set's folder and its summary.
 
     Raises:
         ValueError: an unknown perturbation, q outside (0, 100] or N < 1 (named), before any model call.
+        FileExistsError: ``out`` can't be an LLM experiment folder (checked before any model call).
     """
+    check_experiment(out)
     for name in perturbations:
         get_perturbation(name)
     qs, n_copies = [check_q(q) for q in qs], [check_positive_int(n, "n_copies") for n in n_copies]
@@ -175,8 +214,8 @@ def llm_eval_run(out: Path, generate: Generate, prompts: Sequence[dict[str, str]
         table.append({"perturbation": name, "q": q, "n_copies": n, "rate": _rates(block)})
         log.info("smoothllm %s q=%g N=%d: %s", name, q, n, table[-1]["rate"])
     summary = {"n_prompts": len(prompts), "jailbroken_rate": table}
-    settings = {"perturbations": list(perturbations), "q": qs, "n_copies": n_copies, "batch_size": batch_size,
-                "seed": seed}
-    commit_record_set(Path(out), {"config.json": _config("llm-eval", settings, backend or {}, judge),
-                                  "records.jsonl": rows, "summary.json": summary})
-    return summary
+    settings = {"kind": "llm-eval", "perturbations": list(perturbations), "q": qs, "n_copies": n_copies,
+                "batch_size": batch_size, "seed": seed}
+    path = commit_llm_set(out, "eval", _config(settings, backend or {}, judge, prompts, sources),
+                          {"records.jsonl": rows, "summary.json": summary})
+    return path, summary

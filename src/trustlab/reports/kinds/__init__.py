@@ -20,6 +20,11 @@ Today's kinds:
 - ``smoothing`` (:mod:`trustlab.reports.kinds.smoothing`): one record set per ``RUN/smoothing/<id>/``
   (``trustlab smooth``): certified accuracy of the smoothed classifier against the radius per sigma, its table at
   radii 0..2 with the average certified radius, and the per-example guarantee and floating-point caveat.
+- ``poisoning`` (:mod:`trustlab.reports.kinds.poisoning`): one record set per ``RUN/poisoning/<id>/``
+  (``trustlab poison``): backdoor ASR, defenses, the signature backdoor, SVM poisoning, Poison Frogs.
+- ``llm`` (:mod:`trustlab.reports.kinds.llm`): one record set per ``EXP/llm/<id>/`` (``trustlab llm
+  attack|defend|eval``): GCG's success rate, steps, seconds and loss per step; SmoothLLM's jailbroken and
+  answered rates against q per N and perturbation; the judge and its version; escaped example prompts.
 
 Adding a kind takes one new module that defines ``KIND = RecordKind(...)`` and one line: its module name in
 :data:`KIND_MODULES`. Code outside trustlab (and tests) can call :func:`register_kind` / :func:`unregister_kind`.
@@ -56,7 +61,7 @@ __all__ = [
 
 KIND_MODULES = ("trustlab.reports.kinds.training", "trustlab.reports.kinds.attack",
                 "trustlab.reports.kinds.certificate", "trustlab.reports.kinds.smoothing",
-                "trustlab.reports.kinds.poisoning")  # each defines KIND
+                "trustlab.reports.kinds.poisoning", "trustlab.reports.kinds.llm")  # each defines KIND
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _registry: dict[str, RecordKind] = {}
 _builtins: list[RecordKind] = []
