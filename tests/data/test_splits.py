@@ -8,8 +8,10 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from trustlab.data import Splits, load_dataset, make_loader, make_splits
+from trustlab.data.loader import data_placement, place_training_set
 from trustlab.data.digits import DIGITS_TEST_FRACTION
 from trustlab.data.splits import DEFAULT_VAL_SIZE, DIGITS_VAL_FRACTION, carve_indices, fingerprint_of
 
@@ -157,6 +159,28 @@ def test_loader_batches_and_seeded_shuffle():
         return torch.cat([b[1] for b in loader]).tolist()
 
     assert order(0) == order(0) and sorted(order(0)) == list(range(10)) and order(0) != order(1)
+
+
+def test_loader_gathers_the_batches_a_per_example_loader_gives():
+    """One gather per batch is the same values in the same order as torch's per-example fetch and stack (the
+    batches, hence every training run, are unchanged), from the same seeded generator state."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(23, 1, 3, 3, generator=g), torch.randint(0, 10, (23,), generator=g)
+    ours = make_loader(x, y, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(3))
+    torch_own = DataLoader(TensorDataset(x, y), batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(3))
+    for epoch in range(2):
+        pairs = list(zip(ours, torch_own, strict=True))
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs), epoch
+
+
+def test_a_training_set_stays_on_the_gpu_where_it_fits_and_is_pinned_where_not():
+    cuda = torch.device("cuda")  # only the decision: no CUDA call with free_bytes given
+    assert data_placement(553_000_000, cuda, free_bytes=140 * 2**30) == "device"  # CIFAR-10 on an H200
+    assert data_placement(10 * 2**30, cuda, free_bytes=16 * 2**30) == "pinned"
+    assert data_placement(10 * 2**30, torch.device("cpu")) == "host"
+    x, y = torch.rand(4, 2), torch.arange(4)
+    moved_x, moved_y, pin = place_training_set(x, y, torch.device("cpu"))
+    assert moved_x is x and moved_y is y and pin is False
 
 
 def test_inp01_loader_rejects_bad_arguments():

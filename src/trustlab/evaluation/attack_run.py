@@ -43,6 +43,7 @@ from trustlab.attacks.base import threat_dict
 from trustlab.attacks.ensemble import Ensemble, ensemble_with_log
 from trustlab.attacks.wrappers import through_bpda
 from trustlab.checkpoint import checkpoint_ref, latest_checkpoint, load_checkpoint
+from trustlab.compute import Compute, check_compute, prepare
 from trustlab.device import resolve_device, runtime_info
 from trustlab.distributed import SINGLE, Distributed
 from trustlab.errors import NumericalError
@@ -67,17 +68,18 @@ _GENERATORS = "per-batch"  # how an evaluation's randomness is keyed, in its con
 
 
 def attack_id(name: str, threat: LpBall, params: dict[str, Any], *, seed: int = 0, subset: int | None = None,
-              batch_size: int = 500, bpda: bool = False) -> str:
+              batch_size: int = 500, bpda: bool = False, compute: Compute = Compute()) -> str:
     """The folder of an evaluation: a readable prefix and a hash of its full configuration
     (:func:`attack_config`), e.g. ``pgd-linf-eps0.3-steps40-restarts5-1f2e3d4c5b``, ``pgd-bpda-linf-...`` through
     BPDA. A sequence-valued parameter (a custom ensemble's members) shows as its length, ``-members2``; the hash
-    covers its content."""
+    covers its content, and a precision other than fp32 (``-bf16``)."""
     norm = "linf" if threat.p == math.inf else "l2"
     extra = "".join(f"-{k.replace('_', '')}{_label(v)}" for k, v in sorted(params.items()) if v is not None)
     attack = build_attack(name, threat, **params)
     digest = config_hash(attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size,
-                                       bpda=bpda))
-    return f"{name}{'-bpda' if bpda else ''}-{norm}-eps{threat.eps:g}{extra}-{digest[:10]}"
+                                       bpda=bpda, compute=compute))
+    precision = "".join(f"-{v}" for v in compute.identity().values())
+    return f"{name}{'-bpda' if bpda else ''}-{norm}-eps{threat.eps:g}{extra}{precision}-{digest[:10]}"
 
 
 def _label(v: Any) -> str:
@@ -87,16 +89,18 @@ def _label(v: Any) -> str:
 
 
 def attack_config(name: str, threat: LpBall, attack, *, seed: int, subset: int | None,
-                  batch_size: int, bpda: bool = False) -> dict[str, Any]:
+                  batch_size: int, bpda: bool = False, compute: Compute = Compute()) -> dict[str, Any]:
     """What makes two evaluations the same: every resolved attack setting, the threat, seed, subset and batch
     size (which examples share a batch's generator), how the generators are keyed (``"generators":
-    "per-batch"``), and ``bpda: true`` for an attack through BPDA (absent otherwise). The checkpoint is checked
-    apart, by its sha256."""
+    "per-batch"``), ``bpda: true`` for an attack through BPDA and ``precision: "bf16"`` for one under bf16
+    autocast (both absent otherwise, so fp32 evaluations keep their identity). Channels-last and compilation
+    change only float rounding and are recorded apart (``compute`` in config.json), as the device is. The
+    checkpoint is checked apart, by its sha256."""
     config = {"attack": attack.to_dict(), "name": name, "threat": threat_dict(threat), "seed": seed,
               "subset": subset, "batch_size": batch_size, "generators": _GENERATORS}
     if bpda:
         config["bpda"] = True
-    return config
+    return {**config, **compute.identity()}
 
 
 def attack_batches(
@@ -246,13 +250,18 @@ def _example_grid(x: Tensor, x_adv: Tensor, records: list[dict[str, Any]], k: in
 def attack_run(
     run_dir: Path, name: str, threat: LpBall, params: dict[str, Any], *,
     subset: int | None = None, batch_size: int = 500, seed: int = 0, root: str | None = None, progress: bool = True,
-    reuse: bool = False, device: str = "auto", bpda: bool = False, job: Distributed = SINGLE,
+    reuse: bool = False, device: str = "auto", bpda: bool = False, compute: Compute = Compute(),
+    job: Distributed = SINGLE,
 ) -> dict[str, Any]:
     """Load the run's latest checkpoint, attack its test split, and commit ``RUN/attacks/<id>/``; returns the summary.
 
     With ``bpda``, the attack differentiates :func:`~trustlab.attacks.wrappers.through_bpda` of the model (its
     leading straight-through preprocessing, such as input quantization, is the identity in the backward pass);
     the forward values, hence the records, are the model's own, and the checks run on the model itself.
+
+    ``compute`` sets how the attack and the records' predictions run the model (:mod:`trustlab.compute`: bf16
+    autocast with float32 perturbations and losses, channels-last, ``torch.compile``); the gradient-masking
+    checks run on the plain model.
 
     With ``reuse``, a committed evaluation in that folder whose configuration matches exactly and that was computed
     on the same checkpoint (by sha256) is returned as is.
@@ -264,6 +273,7 @@ def attack_run(
     Raises:
         FileNotFoundError: ``run_dir`` is not a trustlab run or has no checkpoint.
         RunInUseError: another process is writing the run.
+        ValueError: ``compute`` asks for what the device cannot run.
     """
     run_dir = check_run(run_dir)
     check_subset(subset)
@@ -271,21 +281,24 @@ def attack_run(
     if not isinstance(bpda, bool):
         raise TypeError(f"bpda must be a bool, got {bpda!r}")
     attack = build_attack(name, threat, **params)
-    identity = attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size, bpda=bpda)
+    identity = attack_config(name, threat, attack, seed=seed, subset=subset, batch_size=batch_size, bpda=bpda,
+                             compute=compute)
     with run_lock(run_dir) if job.is_main else contextlib.nullcontext():
         ckpt_dir = latest_checkpoint(run_dir)
         if ckpt_dir is None:
             raise FileNotFoundError(f"no valid checkpoint found in {run_dir}")
         checkpoint = checkpoint_ref(ckpt_dir)
         out = run_dir / "attacks" / attack_id(name, threat, params, seed=seed, subset=subset, batch_size=batch_size,
-                                              bpda=bpda)
+                                              bpda=bpda, compute=compute)
         if reuse:
             done = job.broadcast_object(committed_summary(out, identity, checkpoint) if job.is_main else None)
             if done is not None:
                 return done
         dev = job.device(resolve_device(device))
+        check_compute(compute, dev)
         model = load_checkpoint(ckpt_dir, map_location=dev).model.eval()
         attacked = through_bpda(model) if bpda else model  # same forward values; BPDA only changes gradients
+        attacked = prepare(attacked, compute, dev)  # the model itself with the default Compute
         x, y = (t.to(dev) for t in evaluation_examples(run_dir, root=root, subset=subset))
         log.info("attack %s on %d test examples of %s (%s%s)", name, len(x), run_dir, dev,
                  f", {job.world_size} processes" if job.enabled else "")
@@ -301,14 +314,14 @@ def attack_run(
         if job.is_main:
             summary = _summarize(out, name, model, x, y, attack, records, x_adv, members, journal, run_dir=run_dir,
                                  ckpt_dir=ckpt_dir, identity=identity, checkpoint=checkpoint, device=dev,
-                                 seconds=time.perf_counter() - t0, processes=job.world_size)
+                                 seconds=time.perf_counter() - t0, processes=job.world_size, compute=compute)
     return job.broadcast_object(summary)
 
 
 def _summarize(out: Path, name: str, model: nn.Module, x: Tensor, y: Tensor, attack, records: list[dict[str, Any]],
                x_adv: Tensor, members: list[dict[str, Any]] | None, journal: BatchJournal, *, run_dir: Path,
                ckpt_dir: Path, identity: dict[str, Any], checkpoint: dict[str, Any], device: torch.device,
-               seconds: float, processes: int) -> dict[str, Any]:
+               seconds: float, processes: int, compute: Compute) -> dict[str, Any]:
     """Check the model, commit the evaluation to ``out`` and clear its journal; returns the summary."""
     seconds += journal.resumed_seconds
     checks = model_checks(model, x, y, attack, run=run_dir.name)
@@ -321,7 +334,8 @@ def _summarize(out: Path, name: str, model: nn.Module, x: Tensor, y: Tensor, att
     if journal.resumed_batches:
         summary["resumed_batches"] = journal.resumed_batches  # batches a killed earlier process had finished
     config = {**identity, "checkpoint": checkpoint, "run": str(run_dir),
-              "runtime": {**runtime_info(device), **({"processes": processes} if processes > 1 else {})}, "versions": versions()}
+              "runtime": {**runtime_info(device), **({"processes": processes} if processes > 1 else {})},
+              "compute": compute.to_dict(), "versions": versions()}
     _commit(out, config, records, save(_example_grid(x.cpu(), x_adv.cpu(), records)), summary, checks)
     journal.clear()
     return summary

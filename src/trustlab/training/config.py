@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from trustlab.compute import Compute
 from trustlab.device import check_device
 from trustlab.runs.identity import config_hash
 from trustlab.threat import LpBall, parse_p
@@ -23,7 +24,9 @@ from trustlab.validation import check_nonneg_float, check_positive_int
 
 __all__ = ["TrainConfig", "config_hash", "NOT_IDENTITY"]
 
-NOT_IDENTITY = ("root", "device")  # where the data and the compute are: not part of what the run is
+# where the data and the compute are, and how the compute is laid out (float rounding only, like the device):
+# not part of what the run is. precision is, except fp32, left out so that older runs keep their identity.
+NOT_IDENTITY = ("root", "device", "channels_last", "compile")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class TrainConfig:
     eval_batch_size: int = 500
     root: str | None = None  # data root; None: $TRUSTLAB_DATA, then the user cache
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16: the forward passes under bf16 autocast (trustlab.compute)
+    channels_last: bool = False  # channels-last memory format for the model and its 4-D inputs
+    compile: bool = False  # torch.compile the model
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defense", build_defense(self.defense))
@@ -72,6 +78,10 @@ class TrainConfig:
         check_positive_int(self.eps_warmup_epochs, "eps_warmup_epochs", minimum=0)
         check_positive_int(self.seed, "seed", minimum=0)
         check_device(self.device)
+        if not self.compute.is_default and self.defense.reads_layers:
+            raise ValueError(f"defense {self.defense.name!r} computes certified bounds on the plain float32 "
+                             f"model; precision {self.precision!r}, channels_last {self.channels_last} and "
+                             f"compile {self.compile} are for defenses that only call the model (use the defaults)")
         if not isinstance(self.keep_best, bool):
             raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
         if self.keep_best and self.defense.selection_metric is None:
@@ -82,6 +92,11 @@ class TrainConfig:
                 check_positive_int(getattr(self, name), name, minimum=0 if name == "val_size" else 1)
         if self.defense.adversarial and self.eps == 0:
             raise ValueError(f"defense {self.defense.name!r} needs eps > 0, got eps=0")
+
+    @property
+    def compute(self) -> Compute:
+        """How the run's forward passes are computed (validates the three settings)."""
+        return Compute(self.precision, self.channels_last, self.compile)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -124,8 +139,10 @@ class TrainConfig:
         return d
 
     def identity_dict(self) -> dict[str, Any]:
-        """Every field that defines the run (all but the data root and the device)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        """Every field that defines the run: all but the data root, the device, channels-last and compile, and
+        the precision only when it is not fp32 (:meth:`Compute.identity`)."""
+        values = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY and k != "precision"}
+        return {**values, **self.compute.identity()}
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

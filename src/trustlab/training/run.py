@@ -36,7 +36,9 @@ from torch.utils.data import Sampler
 
 from trustlab.attacks import clean_accuracy, predict_proba
 from trustlab.checkpoint import checkpoint_ref, commit_checkpoint, latest_checkpoint, load_checkpoint
+from trustlab.compute import Compute, check_compute, prepare
 from trustlab.data import Splits, make_loader, make_splits
+from trustlab.data.loader import place_training_set
 from trustlab.data.transform import TrainingSetTransform, apply_transform
 from trustlab.device import resolve_device, runtime_info
 from trustlab.distributed import SINGLE, Distributed
@@ -243,6 +245,7 @@ def train_run(
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes "
                          f"({job.world_size}): each rank trains on batch_size / {job.world_size} examples of a batch")
     device = job.device(resolve_device(config.device))
+    check_compute(config.compute, device)  # before the data is loaded
     splits = make_splits(
         config.dataset, root=config.root, val_size=config.val_size, seed=config.seed, subset=config.subset
     )
@@ -273,11 +276,12 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
     info = splits.info
     arch = {"name": config.model, "in_shape": list(info.shape), "num_classes": info.num_classes}
     loader_gen = torch.Generator()
+    train_x, train_y, pin = place_training_set(*splits.train, device)  # on the GPU where it fits there
     if job.enabled:
-        loader = sampler = ShardedBatches(*splits.train, batch_size=config.batch_size, seed=config.seed, job=job)
+        loader = sampler = ShardedBatches(train_x, train_y, batch_size=config.batch_size, seed=config.seed, job=job)
     else:
-        loader = make_loader(*splits.train, batch_size=config.batch_size, shuffle=sampler is None,
-                             generator=loader_gen if sampler is None else None, sampler=sampler)
+        loader = make_loader(train_x, train_y, batch_size=config.batch_size, shuffle=sampler is None,
+                             generator=loader_gen if sampler is None else None, sampler=sampler, pin_memory=pin)
     optimizer = build_optimizer(
         config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -329,8 +333,11 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
             writer.json("data_transform.json", transform_record)
         config.defense.initialize(model, generator=derive_generator(config.seed, _INIT_SEED_KEY))
 
-    # wrapped after loading or initializing the weights (DDP broadcasts rank 0's); checkpoints keep ``model``
-    trained = data_parallel(model, device) if job.enabled else model
+    # wrapped after loading or initializing the weights (DDP broadcasts rank 0's); checkpoints keep ``model``.
+    # ``run_model`` computes every forward pass of the run, checks included, under the config's precision,
+    # memory format and compilation (``model`` itself with the defaults)
+    run_model = prepare(model, config.compute, device)
+    trained = data_parallel(run_model, device) if job.enabled else run_model
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         loader_gen.manual_seed(derive_seed(config.seed, epoch, 0))
@@ -346,8 +353,8 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
         seconds += train_time
         row = {"epoch": epoch + 1, "train_loss": result.loss, "train_acc": result.acc,
                "train_eps": threat.eps if defense.adversarial else 0.0, "lr": scheduler.get_last_lr()[0],
-               "epoch_seconds": train_time, **_evaluate(model, splits, config, device),
-               **_validate(model, splits, threat, config, epoch, device)}
+               "epoch_seconds": train_time, **_evaluate(run_model, splits, config, device),
+               **_validate(run_model, splits, threat, config, epoch, device)}
         history.append(row)
         writer.call(commit_checkpoint, out, f"epoch_{epoch + 1:04d}", model, **ckpt_args,
                     state=train_state(epoch + 1, optimizer, scheduler, history, seconds))
@@ -364,7 +371,7 @@ def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: 
     if config.keep_best:
         state = train_state(config.epochs, optimizer, scheduler, history, seconds)
         selected = _select_best(out, model, state, config, ckpt_args, writer, device)
-    return _finish(out, model, splits, config, history, seconds, writer, device, selected)
+    return _finish(out, run_model, splits, config, history, seconds, writer, device, selected)
 
 
 def _remove(path: Path) -> None:
@@ -378,7 +385,8 @@ def _record_resume(out: Path, config: TrainConfig, identity: dict[str, Any], epo
     """Keep ``config.json`` true to what the run does: a resume with another config (``--force-resume``, or a
     new device or data root) writes the new config and identity, and lists what changed at which epoch."""
     saved = read_json(out / "config.json")
-    old, new = dict(saved.get("config", {})), config.to_dict()
+    # a run from before the compute settings existed computed with their defaults
+    old, new = {**Compute().to_dict(), **saved.get("config", {})}, config.to_dict()
     if old == new and saved.get("identity") == identity:
         return
     changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}

@@ -23,6 +23,7 @@ _FIELD = {"ensemble_version": "version"}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from trustlab.attacks import ATTACKS, LOSSES, VERSIONS
+    from trustlab.compute import PRECISIONS
     from trustlab.device import DEVICES
 
     p.add_argument("run", help="run folder written by `trustlab train`")
@@ -56,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--root", help="data root")
     p.add_argument("--device", choices=list(DEVICES), default="auto", help="where to compute (default auto)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="the model's forward passes in fp32 or under bf16 autocast; the perturbation, its "
+                        "projection and the loss stay float32 (default fp32; bf16 is part of the evaluation's id)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for the model and its inputs (faster convolutions on GPUs)")
+    p.add_argument("--compile", action="store_true", help="run the model through torch.compile")
 
 
 def attack_params(attack: str, args: argparse.Namespace) -> dict:
@@ -76,6 +83,7 @@ def attack_params(attack: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trustlab.compute import Compute, check_compute
     from trustlab.device import resolve_device
     from trustlab.distributed import distributed
     from trustlab.evaluation import attack_run
@@ -83,10 +91,11 @@ def run(args: argparse.Namespace) -> int:
 
     threat = LpBall(args.eps, args.p)
     params = attack_params(args.attack, args)
+    compute = check_compute(Compute(args.precision, args.channels_last, args.compile), resolve_device(args.device))
     with distributed(resolve_device(args.device)) as job:  # one process: no process group
         summary = attack_run(Path(args.run), args.attack, threat, params, subset=args.subset,
                              batch_size=args.batch_size, seed=args.seed, root=args.root, progress=not args.quiet,
-                             device=args.device, bpda=args.bpda, job=job)
+                             device=args.device, bpda=args.bpda, compute=compute, job=job)
     if not job.is_main:
         return 0
     norm = "inf" if threat.p == math.inf else "2"

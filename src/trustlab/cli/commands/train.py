@@ -16,6 +16,7 @@ _CHOICES = {"p": ("inf", "2")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from trustlab.compute import PRECISIONS
     from trustlab.data import DATASETS
     from trustlab.device import DEVICES
     from trustlab.models import model_names
@@ -23,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from trustlab.training.defenses import option_prefix
 
     choices = {**_CHOICES, "dataset": sorted(DATASETS), "model": model_names(), "defense": list(DEFENSES),
-               "optimizer": list(OPTIMIZERS), "schedule": list(SCHEDULES), "device": list(DEVICES)}
+               "optimizer": list(OPTIMIZERS), "schedule": list(SCHEDULES), "device": list(DEVICES),
+               "precision": list(PRECISIONS)}
     p.add_argument("--config", help="TOML recipe with TrainConfig keys under [train] (flags override it)")
     p.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
     for f in fields(TrainConfig):
@@ -40,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from trustlab.cli.config import load_toml
+    from trustlab.compute import check_compute
     from trustlab.device import resolve_device
     from trustlab.distributed import distributed
     from trustlab.training import DEFENSES, TrainConfig, resolve_train_config, train_run
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     names = TrainConfig.field_names() + [option_prefix(n) + f.name for n, c in DEFENSES.items() for f in fields(c)]
     options = {**(load_toml(args.config, section="train") if args.config else {}), **given(args, names)}
     config = resolve_train_config(Path(args.out), options, resume=args.resume)
+    check_compute(config.compute, resolve_device(config.device))  # bf16 or compile where unsupported: one line
     with distributed(resolve_device(config.device)) as job:  # one process: no process group
         summary = train_run(config, Path(args.out), resume=args.resume, overwrite=args.overwrite,
                             force_resume=args.force_resume, progress=not args.quiet, job=job)

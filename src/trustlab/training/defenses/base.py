@@ -43,12 +43,16 @@ class Defense:
         ramp_per_step: during the eps warm-up, ramp eps linearly per batch (``True``) rather than per epoch
             (``False``, a staircase whose step is the epoch); both reach ``(e + 1) / W`` of eps at the end of
             epoch ``e`` of a ``W``-epoch warm-up.
+        reads_layers: the defense reads the model's layers, not only its outputs (certified bounds trace the
+            network), so it needs the plain float32 model: bf16, channels-last and ``torch.compile``
+            (:mod:`trustlab.compute`) are refused for it.
     """
 
     name: ClassVar[str] = ""
     adversarial: ClassVar[bool] = True
     selection_metric: ClassVar[str | None] = "val_pgd_acc"
     ramp_per_step: ClassVar[bool] = False
+    reads_layers: ClassVar[bool] = False
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, threat: LpBall,
              generator: torch.Generator) -> tuple[Tensor, Tensor]:

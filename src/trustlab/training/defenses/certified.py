@@ -90,6 +90,7 @@ class CertifiedDefense(Defense):
 
     selection_metric: ClassVar[str | None] = VERIFIED_METRIC
     ramp_per_step: ClassVar[bool] = True
+    reads_layers: ClassVar[bool] = True  # the bounds trace the plain network
     check_methods: ClassVar[tuple[str, ...]] = ("ibp",)  # the bounds the per-epoch check certifies with
 
     def __post_init__(self) -> None:
