@@ -81,12 +81,13 @@ from pathlib import Path
 out, step, t0, t1, t2 = Path(sys.argv[1]), sys.argv[2], *map(float, sys.argv[3:])
 train = json.loads((out / "summary.json").read_text())
 config = json.loads((out / "config.json").read_text())
-(attack,) = [json.loads((p / "summary.json").read_text()) for p in (out / "attacks").iterdir()
-             if not p.name.startswith(".")]
+(folder,) = [p for p in (out / "attacks").iterdir() if not p.name.startswith(".")]
+attack = json.loads((folder / "summary.json").read_text())
+pgd = json.loads((folder / "config.json").read_text())["attack"]
 print(f"RESULT {step}: device {config['runtime'].get('device_name', config['runtime']['device'])}, "
       f"precision {config['config']['precision']}, channels_last {config['config']['channels_last']}, "
       f"compile {config['config']['compile']}; test accuracy {train['test_acc']:.4f} after {train['epochs']} "
-      f"epochs; PGD-50x10 on {attack['n']}: clean {attack['clean_acc']:.4f}, robust {attack['robust_acc']:.4f}; "
+      f"epochs; PGD-{pgd['steps']}x{pgd['restarts']} on {attack['n']}: clean {attack['clean_acc']:.4f}, robust {attack['robust_acc']:.4f}; "
       f"training {train['train_seconds']:.1f} s, train wall {t1 - t0:.1f} s, attack wall {t2 - t1:.1f} s")
 EOF
 }
