@@ -30,6 +30,17 @@ def test_the_default_identity_is_the_one_from_before_the_compute_settings():
     assert TrainConfig(precision="bf16").compute == Compute("bf16")
 
 
+def test_lib02_fp32_identities_are_those_of_the_commit_before_the_compute_settings():
+    """Golden values computed with commit 5ce60ee: existing runs resume and existing evaluations are reused
+    (a change here must be deliberate: it orphans every run and evaluation folder made before it)."""
+    assert config_hash(TrainConfig().identity_dict()) == (
+        "95b5f5ee8f6a2c1212e8d5cc61b8cae955982c1e6e24dfb0f134c0b90a896a34")
+    pgd = TrainConfig.from_dict({"dataset": "mnist", "defense": "pgd", "pgd_steps": 40})
+    assert config_hash(pgd.identity_dict()) == "faefef5d696b9f5b47834f148f112910891037e63bb97884443bc52515036f91"
+    assert attack_id("pgd", LpBall(0.3), {"steps": 40, "restarts": 5}, subset=100) == (
+        "pgd-linf-eps0.3-restarts5-steps40-bc4d1f67ec")
+
+
 def test_inp19_bad_compute_settings_in_a_config_are_named():
     with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16'\], got 'half'"):
         TrainConfig(precision="half")
