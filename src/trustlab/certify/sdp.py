@@ -110,7 +110,7 @@ _STATUS = {
 
 def sdp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec: Tensor | None = None,
                solver: str = "auto", eps_abs: float = 1e-6, eps_rel: float = 1e-6, time_limit: float | None = None,
-               fix_stable: bool = True, steps: int = 1000, step_size: float = 0.05) -> Bounds:
+               fix_stable: bool = True, steps: int = 1000, step_size: float = 0.2) -> Bounds:
     """SDP-relaxation bounds on ``C f(x')`` over the threat set, for a network with one hidden layer.
 
     Args:
@@ -173,7 +173,7 @@ class SDP(SolverMethod):
     time_limit: float | None = None
     fix_stable: bool = True
     steps: int = 1000
-    step_size: float = 0.05
+    step_size: float = 0.2
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:

@@ -222,15 +222,16 @@ def _initial(data: _Data) -> dict[str, Tensor]:
 
 
 def _scales(data: _Data) -> dict[str, Tensor]:
-    """The natural size of each multiplier, which sets its Adam step: the row's largest cost for the ReLU
-    multipliers and ``mu``; for ``alpha_k`` its cost plus the couplings of ``t_k``, ``|cost_t,k| + c sum_i |w_ik|``."""
+    """The size of each multiplier's Adam step (times ``step_size``): ``c``, the row's largest cost, for ``mu`` and
+    ``gamma``; ``|cost_s,i| + c / 100`` for the multipliers of ReLU ``i`` (a barely unstable ReLU has a small cost
+    but large scaled weights, and a large step on its multipliers couples every input); for ``alpha`` a floor
+    ``|cost_t,k| / 2 + c / 1000``, the step being relative, ``max(alpha_k, floor)``, so that one step cannot
+    remove the diagonal of the t block."""
     c = torch.cat([data.cost_s.abs(), data.cost_t.abs(), data.cost_s.new_zeros((*data.cost_s.shape[:2], 1))],
                   -1).amax(-1).clamp_min(_TINY)  # (E, S)
-    couple = data.w.abs().sum(1)[:, None]  # (E, 1, d)
-    e, s, d, m = data.shape
-    return {"mu": c, "alpha": data.cost_t.abs() + c[..., None] * couple, "lam0": c[..., None].expand(e, s, m),
-            "lam1": c[..., None].expand(e, s, m), "nu": c[..., None].expand(e, s, m),
-            "beta": c[..., None].expand(e, s, m), "gamma": c}
+    unit = data.cost_s.abs() + c[..., None] / 100
+    return {"mu": c, "gamma": c, "alpha": data.cost_t.abs() / 2 + c[..., None] / 1000, "lam0": unit, "lam1": unit,
+            "nu": unit, "beta": unit}
 
 
 def _start_vectors(data: _Data) -> Tensor:
@@ -305,7 +306,8 @@ def sdp_fo(relaxations: Sequence, costs: Sequence[tuple[np.ndarray, np.ndarray, 
             moment[k].mul_(beta1).add_(grad, alpha=1 - beta1)
             second[k].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             mhat, vhat = moment[k] / (1 - beta1**it), second[k] / (1 - beta2**it)
-            lam[k] = lam[k] + rate * scale[k] * mhat / (vhat.sqrt() + adam_eps)
+            size = torch.maximum(lam[k], scale[k]) if k == "alpha" else scale[k]
+            lam[k] = lam[k] + rate * size * mhat / (vhat.sqrt() + adam_eps)
             if k not in _SIGNED:
                 lam[k] = lam[k].clamp_min(0.0)
             if k in masks:
