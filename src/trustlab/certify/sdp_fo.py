@@ -28,12 +28,16 @@ Slater's condition, which a moment matrix of points spread over the network's gr
 
 Algorithm: the multipliers start at a closed-form dual point that gives the interval bound of the last layer
 (each ``t_k`` in ``[-1, 1]``, each ``s_i`` in ``[lo_i, hi_i]``, exactly as the 1-D S-lemma gives it) and follow
-projected Adam ascent on the bound; its supergradient in a multiplier is ``T <A_i, v v^T>`` (and ``1 - T v_0^2``
-for ``mu``) with ``v`` the unit eigenvector of ``lambda_min(M)`` when it is negative (Overton 1992). During the
-iterations ``v`` and ``lambda_min`` are estimated by a few Lanczos steps warm-started from the last ``v``, using
-the structure of ``M`` (its ``t`` block is diagonal, so a product with ``M`` costs two products with ``w``); all
-(example, row) pairs are iterated together, padded to the largest ``d`` and ``m`` with zero rows, which only add
-zero eigenvalues and so do not change ``min(0, lambda_min(M))``.
+projected Adam ascent on the bound, the step size decaying linearly to 0; its supergradient in a multiplier is
+``T <A_i, v v^T>`` (and ``1 - T v_0^2`` for ``mu``) with ``v`` the unit eigenvector of ``lambda_min(M)`` when it is
+negative (Overton 1992). Each multiplier's step is scaled by its natural size (:func:`_scales`). During the
+iterations ``v`` and ``lambda_min`` are estimated by :data:`LANCZOS_STEPS` Lanczos steps warm-started from the last
+``v``, using the structure of ``M`` (its ``t`` block is diagonal, so a product with ``M`` costs two products with
+``w``); all (example, row) pairs are iterated together, padded with zero rows (which only add zero eigenvalues and
+so do not change ``min(0, lambda_min(M))``) to a fixed size, so that an example's bound does not depend on the
+batch (CERT-10). The last iterate is certified, its ``mu`` first replaced by the exact maximiser over ``mu``
+(:func:`best_mu`). (Keeping each row's iterate of best estimate instead was worse: mid-run Lanczos estimates
+overstate the bound, and the largest overstatement wins.)
 
 Certified value (:func:`certified_min_eigenvalue`): at the final multipliers ``M`` is formed densely in float64,
 ``sigma`` is ``torch.linalg.eigvalsh``'s smallest eigenvalue less a margin, and ``lambda_min(M) >= sigma - delta``
