@@ -182,7 +182,8 @@ def test_missing_cvxpy_names_the_extra(monkeypatch):
 
 
 def test_configuration_is_validated():
-    with pytest.raises(ValueError, match=r"solver must be one of \('SCS', 'CLARABEL'\), got 'MOSEK'"):
+    with pytest.raises(ValueError,
+                       match=r"solver must be one of \('auto', 'first-order', 'SCS', 'CLARABEL'\), got 'MOSEK'"):
         SDP(solver="MOSEK")
     with pytest.raises(ValueError, match="eps_abs must be finite and > 0, got 0"):
         SDP(eps_abs=0)

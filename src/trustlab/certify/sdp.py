@@ -1,4 +1,5 @@
-"""The SDP relaxation of a one-hidden-layer ReLU network (Raghunathan, Steinhardt & Liang 2018), with cvxpy.
+"""The SDP relaxation of a one-hidden-layer ReLU network (Raghunathan, Steinhardt & Liang 2018): cvxpy's conic
+solvers, or a first-order dual whose bound is sound at any iterate (SDP-FO, Dathathri et al. 2020).
 
 Algorithm: for ``f(x) = W_2 z + b_2`` with ``z = relu(W_1 x + b_1)`` and a row ``c`` on the logits, the
 quadratic constraints of the ReLU, ``z >= 0``, ``z >= W_1 x + b_1``, ``z (z - W_1 x - b_1) = 0``, and of the
@@ -26,7 +27,30 @@ its optimum, so the bound is the paper's SDP on the same bounds:
   ``P`` lies in ``[-1, 1]``: a congruence ``P -> D P D^T`` that maps the SDP onto itself and conditions it for the
   first-order solver.
 
-Solver tolerance (reliability-tests CERT-09): only cvxpy's status OPTIMAL gives a bound; OPTIMAL_INACCURATE
+Solvers (``solver``): the conic solvers SCS and Clarabel through cvxpy, which solve the SDP to their tolerances;
+``first-order``, the sound dual of :mod:`trustlab.certify.sdp_fo`; and ``auto`` (the default): SCS when ``P``'s
+order is at most :data:`AUTO_MAX_ORDER`, the first-order dual above it. On MNIST (``P`` of order 1 + 784 +
+unstable ReLUs) SCS did not converge in 260 s per margin and Clarabel's dense factorisation would need about
+800 GB, while the first-order dual gives a sound bound of every margin of an image together in seconds of CPU; on
+small programs the conic solvers reach the optimum, which the first-order dual only approaches.
+
+The first-order dual (Dathathri et al., NeurIPS 2020, arXiv:2010.11645): write the SDP as ``min <C, P>`` s.t.
+``<A_i, P> <= 0`` (multipliers ``lambda_i >= 0``), ``<F_j, P> = 0`` (the ReLU equalities, ``nu_j`` free),
+``<E, P> = P_00 = 1`` (``mu`` free) and ``P >= 0``, each constant multiplied by ``P_00``. Every feasible ``P`` has
+``tr(P) <= T = 1 + d + sum_i hi_i^2 <= n``: in the scaled variables ``P_00 = 1``, the input box gives
+``T_kk <= 1``, and the activation bounds with the 2 x 2 minors of ``P >= 0`` give ``s_i in [lo_i, hi_i]`` and
+``S_ii <= hi_i^2 <= 1``. Hence for ANY ``lambda >= 0``, ``nu``, ``mu`` and ``M = C + sum lambda_i A_i +
+sum nu_j F_j - mu E``, every feasible ``P`` has ``<C, P> >= <M, P> + mu >= mu + T min(0, lambda_min(M))``: a lower
+bound on the SDP's optimum, hence on the margin, at every iterate, so a stopped optimisation (a time limit, few
+steps) still gives a valid, looser bound. The multipliers start at the dual point of the last layer's interval
+bound and follow projected Adam on this bound, with ``lambda_min`` estimated by Lanczos; the final value uses a
+PROVEN ``lambda_min``: a float64 eigenvalue estimate confirmed by a Cholesky factorisation of ``M - sigma I``
+with Demmel's backward-error bound (Higham 2002, Sec. 10.1; Rump 2006), less the rounding of ``M``'s entries.
+Its status is ``dual``, not ``optimal``: the bound is proven but not the SDP's optimum; it certifies only when it
+exceeds ``margin_tol`` plus :attr:`~trustlab.certify.solver.SolverMethod.tolerance`, like every solver bound. A
+failed eigenvalue certificate gives ``-inf`` and the status ``numerical``.
+
+Conic solver tolerance (reliability-tests CERT-09): only cvxpy's status OPTIMAL gives a bound; OPTIMAL_INACCURATE
 (``inaccurate``), a time or iteration limit (``limit``), INFEASIBLE, UNBOUNDED, solver errors (``numerical``) and
 a program too large for Clarabel's dense factorisation (``memory``, see :data:`CLARABEL_MAX_BYTES`) give ``-inf``
 and never certify. From an optimal solve the reported lower bound is ::
@@ -37,8 +61,8 @@ with ``v`` the objective the solver minimised (``c . (W_2 z + b_2)`` less its co
 duality gap ``|pobj - dobj|`` the solver reports (SCS; cvxpy does not expose Clarabel's, whose stopping rule bounds
 it by the tolerances instead), and ``eps_abs``, ``eps_rel`` the solver's stopping tolerances, set from the
 configuration (SCS ``eps_abs``/``eps_rel``; Clarabel ``tol_gap_abs``/``tol_gap_rel`` and ``tol_feas = eps_abs``).
-This is a margin for the solver's stopping rule, not a rigorous dual certificate like the LP's: residuals of the
-first-order solver that exceed its tolerances are not detected.
+This is a margin for the solver's stopping rule, not a rigorous dual certificate like the LP's or the first-order
+dual's: residuals of SCS that exceed its tolerances are not detected.
 
 The SDP contains every point of the network's graph over the threat set, so it is at most as tight as the exact
 MILP; it is incomparable to the LP in general (the paper reports it tighter on its networks, Sec. 6).
@@ -49,7 +73,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,14 +82,21 @@ from torch import Tensor, nn
 from trustlab.certify.network import Network, prepare
 from trustlab.certify.program import dense_layers, intermediate_bounds, widen
 from trustlab.certify.result import Bounds, Certificate
+from trustlab.certify.sdp_fo import DUAL, sdp_fo
 from trustlab.certify.solver import OPTIMAL, RowResult, SolverMethod
 from trustlab.errors import MissingDependencyError
 from trustlab.threat import LpBall
-from trustlab.validation import check_nonneg_float
+from trustlab.validation import check_nonneg_float, check_positive_int
 
-__all__ = ["sdp_bounds", "SDP", "SOLVERS", "CLARABEL_MAX_BYTES", "SDPRelaxation"]
+__all__ = ["sdp_bounds", "SDP", "SOLVERS", "FIRST_ORDER", "AUTO_MAX_ORDER", "CLARABEL_MAX_BYTES", "SDPRelaxation"]
 
-SOLVERS = ("SCS", "CLARABEL")  # cvxpy's names of the open-source conic solvers that take PSD constraints
+FIRST_ORDER = "first-order"  # the sound first-order dual solver of :mod:`trustlab.certify.sdp_fo`
+SOLVERS = ("auto", FIRST_ORDER, "SCS", "CLARABEL")  # the last two: cvxpy's open-source conic solvers
+# auto: SCS up to this order of P, the first-order dual above it. SCS took 356-536 s per image (9 margins) on a
+# 64-50-10 digits net (order 65 + unstable ReLUs) and did not converge in 260 s per margin at order ~800 (MNIST),
+# where the first-order dual gives a sound bound of all 9 margins in seconds (docs/results.md)
+AUTO_MAX_ORDER = 50
+FIRST_ORDER_ROWS = 64  # (example, margin) pairs the first-order solver iterates together
 # Clarabel (interior point) factors a dense Hessian block of the PSD cone, (n (n + 1) / 2)^2 float64 for an n x n
 # matrix: 800 GB for MNIST's n = 794, which aborts the process; larger programs get the status "memory" instead
 CLARABEL_MAX_BYTES = 4 * 2**30
@@ -78,8 +109,8 @@ _STATUS = {
 
 
 def sdp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec: Tensor | None = None,
-               solver: str = "SCS", eps_abs: float = 1e-6, eps_rel: float = 1e-6, time_limit: float | None = None,
-               fix_stable: bool = True) -> Bounds:
+               solver: str = "auto", eps_abs: float = 1e-6, eps_rel: float = 1e-6, time_limit: float | None = None,
+               fix_stable: bool = True, steps: int = 1000, step_size: float = 0.2) -> Bounds:
     """SDP-relaxation bounds on ``C f(x')`` over the threat set, for a network with one hidden layer.
 
     Args:
@@ -87,19 +118,23 @@ def sdp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec:
         x: centres ``(N, *D)``.
         threat: the l_inf or l_2 ball and the input box.
         spec: ``C`` of shape ``(N, S, K)``; ``None`` bounds the logits.
-        solver: ``"SCS"`` or ``"CLARABEL"``.
-        eps_abs, eps_rel: the solver's stopping tolerances, also subtracted from its value (module docstring).
+        solver: ``"SCS"`` or ``"CLARABEL"`` (cvxpy), ``"first-order"`` (the sound dual, :mod:`.sdp_fo`), or
+            ``"auto"``: SCS when ``P``'s order is at most :data:`AUTO_MAX_ORDER`, else first-order.
+        eps_abs, eps_rel: the conic solver's stopping tolerances, also subtracted from its value (module docstring).
         time_limit: seconds per SDP solve (cvxpy's compilation, once per example, is not counted), or None (SCS
-            then stops after 100,000 iterations); a solve that stops early gives the trivial bound (``-inf``/``inf``;
-            SCS reports a time limit as inaccurate).
+            then stops after 100,000 iterations); a conic solve that stops early gives the trivial bound
+            (``-inf``/``inf``; SCS reports a time limit as inaccurate). First-order: seconds of iterations per
+            example (its rows are solved together); the bound when they stop is still sound.
         fix_stable: fix the stable ReLUs instead of relaxing them (same optimum, smaller program).
+        steps: iterations of the first-order solver (0: its initial interval-bound dual point).
+        step_size: the first-order solver's Adam step, relative to each multiplier's natural size.
 
     Returns:
         :class:`~trustlab.certify.Bounds` ``(N, S)`` in ``x``'s dtype; not differentiable.
 
     Raises:
         ValueError: the network's depth is not 1, or an invalid argument.
-        MissingDependencyError: cvxpy is not installed (``pip install 'trustlab[sdp]'``).
+        MissingDependencyError: a conic solver is needed and cvxpy is not installed (``pip install 'trustlab[sdp]'``).
         UnsupportedLayerError: the model has layers that are not affine or ReLU (listed).
 
     Shapes:
@@ -107,13 +142,16 @@ def sdp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec:
 
     Reference:
         Raghunathan, Steinhardt & Liang, "Semidefinite relaxations for certifying robustness to adversarial
-        examples", NeurIPS 2018, arXiv:1811.01057, eq. (7) and Sec. 4 (the bound constraints).
+        examples", NeurIPS 2018, arXiv:1811.01057, eq. (7) and Sec. 4 (the bound constraints); Dathathri et al.,
+        NeurIPS 2020, arXiv:2010.11645 (the first-order dual, SDP-FO).
 
     Guarantee:
-        ``lower <= C f(x') <= upper`` for every ``x'`` in the threat set, up to float32 rounding of the network and
-        solver error beyond the tolerances it reports.
+        ``lower <= C f(x') <= upper`` for every ``x'`` in the threat set, up to float32 rounding of the network;
+        for the conic solvers also up to solver error beyond the tolerances they report (the first-order bound
+        is a certified dual bound, module docstring).
     """
-    config = SDP(solver=solver, eps_abs=eps_abs, eps_rel=eps_rel, time_limit=time_limit, fix_stable=fix_stable)
+    config = SDP(solver=solver, eps_abs=eps_abs, eps_rel=eps_rel, time_limit=time_limit, fix_stable=fix_stable,
+                 steps=steps, step_size=step_size)
     network = prepare(network, x, threat, spec)[0]
     check_depth(network)  # before any solve
     return config.bounds(network, x, threat, spec=spec)
@@ -121,17 +159,21 @@ def sdp_bounds(network: Network | nn.Module, x: Tensor, threat: LpBall, *, spec:
 
 @dataclass(frozen=True)
 class SDP(SolverMethod):
-    """Configuration of the SDP relaxation: the conic ``solver`` (``SCS`` or ``CLARABEL``), its tolerances
-    ``eps_abs`` and ``eps_rel``, a ``time_limit`` in seconds per SDP (None for none), and ``fix_stable``."""
+    """Configuration of the SDP relaxation: the ``solver`` (``auto``, ``first-order``, ``SCS`` or ``CLARABEL``),
+    the conic solvers' tolerances ``eps_abs`` and ``eps_rel``, a ``time_limit`` in seconds per SDP (None for
+    none), ``fix_stable``, and the first-order solver's ``steps`` and ``step_size``."""
 
     name: ClassVar[str] = "sdp"
     function = staticmethod(sdp_bounds)
+    decisive: ClassVar[frozenset[str]] = frozenset({OPTIMAL, DUAL})  # a certified dual bound is proven
 
-    solver: str = "SCS"
+    solver: str = "auto"
     eps_abs: float = 1e-6
     eps_rel: float = 1e-6
     time_limit: float | None = None
     fix_stable: bool = True
+    steps: int = 1000
+    step_size: float = 0.2
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -142,6 +184,8 @@ class SDP(SolverMethod):
             check_nonneg_float(self.time_limit, "time_limit", positive=True)
         if not isinstance(self.fix_stable, bool):
             raise TypeError(f"fix_stable must be a bool, got {self.fix_stable!r}")
+        check_positive_int(self.steps, "steps", minimum=0)
+        check_nonneg_float(self.step_size, "step_size", positive=True)
 
     def certificates(self, model: nn.Module | Network, network: Network, x: Tensor, y: Tensor, threat: LpBall, *,
                      logits: Tensor, margin_tol: float, start: int, settings: dict[str, Any]) -> list[Certificate]:
@@ -149,27 +193,69 @@ class SDP(SolverMethod):
         return super().certificates(model, network, x, y, threat, logits=logits, margin_tol=margin_tol,
                                     start=start, settings=settings)
 
+    def solver_for(self, order: int) -> str:
+        """The solver a program whose ``P`` has this order gets."""
+        if self.solver == "auto":
+            return "SCS" if order <= AUTO_MAX_ORDER else FIRST_ORDER
+        return self.solver
+
     def solve_example(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
                       plain: nn.Module | Network | None = None, label: int | None = None) -> list[RowResult]:
+        return self.solve_batch(network, x, threat, rows[None])[0][0]
+
+    def solve_batch(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
+                    plain: nn.Module | Network | None = None,
+                    labels: list[int] | None = None) -> list[tuple[list[RowResult], float]]:
+        """Each example's relaxation, solved in closed form, by a conic solver one row at a time, or with the
+        other first-order examples, their rows iterated together."""
         check_depth(network)
         if not isinstance(threat, LpBall):
             raise TypeError(f"threat must be a trustlab.LpBall, got {type(threat).__name__}")
+        results: list[list[RowResult]] = [[] for _ in range(len(x))]
+        seconds = [0.0] * len(x)
+        first: list[tuple[int, SDPRelaxation]] = []
+        for n in range(len(x)):
+            tic = time.perf_counter()
+            relaxation = SDPRelaxation.build(network, x[n : n + 1], threat, fix_stable=self.fix_stable)
+            solver = self.solver_for(relaxation.order)
+            if relaxation.closed_form:  # linear in t over [-1, 1]^d: the minimum is exact
+                results[n] = [RowResult(const - float(np.abs(cost_t).sum()), OPTIMAL, 0.0)
+                              for _, cost_t, const in map(relaxation.objective, _numpy_rows(rows[n]))]
+            elif solver == FIRST_ORDER:
+                first.append((n, relaxation))
+            else:
+                results[n] = self._solve_conic(relaxation, rows[n], solver, time.perf_counter() - tic)
+            seconds[n] += time.perf_counter() - tic
+        per_chunk = max(1, FIRST_ORDER_ROWS // max(1, rows.shape[1]))
+        first_block = network.blocks[0]  # pad to the network's sizes: bounds independent of the batch (CERT-10)
+        pad = (math.prod(first_block.in_shape), math.prod(first_block.out_shape))
+        for i in range(0, len(first), per_chunk):
+            chunk = first[i : i + per_chunk]
+            tic = time.perf_counter()
+            costs = [tuple(np.stack(c) for c in zip(*map(rel.objective, _numpy_rows(rows[n])))) for n, rel in chunk]
+            limit = None if self.time_limit is None else self.time_limit * len(chunk)
+            res = sdp_fo([rel for _, rel in chunk], costs, steps=self.steps, step_size=self.step_size,
+                         time_limit=limit, device=x.device, pad=pad)
+            share = (time.perf_counter() - tic) / len(chunk)
+            for (n, _), lower in zip(chunk, res.lower):
+                results[n] = [RowResult(float(v), DUAL if math.isfinite(v) else "numerical", share / len(lower))
+                              for v in lower]
+                seconds[n] += share
+        return list(zip(results, seconds))
+
+    def _solve_conic(self, relaxation: SDPRelaxation, rows: Tensor, solver: str, setup: float) -> list[RowResult]:
+        """One cvxpy solve per row with the conic ``solver``, the program compiled once."""
         cp = _cvxpy()
-        tic = time.perf_counter()
-        relaxation = SDPRelaxation.build(network, x, threat, fix_stable=self.fix_stable)
-        order = 1 + relaxation.w.shape[0] + relaxation.w.shape[1]
-        if self.solver == "CLARABEL" and not relaxation.closed_form and 8 * (order * (order + 1) // 2) ** 2 > \
-                CLARABEL_MAX_BYTES:
+        if solver == "CLARABEL" and 8 * (relaxation.order * (relaxation.order + 1) // 2) ** 2 > CLARABEL_MAX_BYTES:
             return [RowResult(-math.inf, "memory", 0.0) for _ in range(len(rows))]
-        program = None if relaxation.closed_form else _Program(cp, relaxation)
-        setup = time.perf_counter() - tic
+        tic = time.perf_counter()
+        program = _Program(cp, relaxation)
+        setup += time.perf_counter() - tic
+        config = self if solver == self.solver else replace(self, solver=solver)
         out = []
-        for row in rows.detach().double().cpu().numpy():
+        for row in _numpy_rows(rows):
             cost_s, cost_t, const = relaxation.objective(row)
-            if program is None:  # linear in t over [-1, 1]^d: the minimum is exact
-                out.append(RowResult(const - float(np.abs(cost_t).sum()), OPTIMAL, setup / len(rows)))
-                continue
-            res = program.solve(cost_s, cost_t, self)
+            res = program.solve(cost_s, cost_t, config)
             out.append(RowResult(res.lower + const, res.status, res.seconds + setup / len(rows)))
         return out
 
@@ -182,6 +268,11 @@ class SDP(SolverMethod):
         if self.time_limit is not None:
             options["time_limit"] = float(self.time_limit)
         return options
+
+
+def _numpy_rows(rows: Tensor) -> np.ndarray:
+    """Specification rows ``(S, K)`` as float64 (exact from float32)."""
+    return rows.detach().double().cpu().numpy()
 
 
 def check_depth(network: Network) -> None:
@@ -211,6 +302,11 @@ class SDPRelaxation:
     out_t: np.ndarray
     out_c: np.ndarray
     ball: tuple[np.ndarray, np.ndarray, float] | None
+
+    @property
+    def order(self) -> int:
+        """The order ``1 + d + m`` of the moment matrix ``P``."""
+        return 1 + self.w.shape[0] + self.w.shape[1]
 
     @property
     def closed_form(self) -> bool:

@@ -62,15 +62,25 @@ class SolverMethod(BoundMethod):
 
     def bounds(self, network: Network | nn.Module, x: Tensor, threat: LpBall, *,
                spec: Tensor | None = None) -> Bounds:
-        """Bounds on ``C f(x')``: each example's rows ``[C; -C]`` through :meth:`solve_example` (with no plain
+        """Bounds on ``C f(x')``: each example's rows ``[C; -C]`` through :meth:`solve_batch` (with no plain
         model, so no counterexample search), as float64 solves returned in ``x``'s dtype; not differentiable."""
         network, rows = prepare(network, x, threat, spec)
-        s = rows.shape[1] // 2
-        lower = torch.empty(len(x), 2 * s, dtype=torch.float64)
+        solved = self.solve_batch(network, x, threat, rows.expand(len(x), *rows.shape[1:]))
+        lower = torch.tensor([[r.lower for r in results] for results, _ in solved], dtype=torch.float64)
+        return Bounds.from_stacked(lower.view(len(x), rows.shape[1]).to(device=x.device, dtype=x.dtype))
+
+    def solve_batch(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
+                    plain: nn.Module | Network | None = None,
+                    labels: list[int] | None = None) -> list[tuple[list[RowResult], float]]:
+        """Each example's rows (``rows`` ``(N, S, K)``) and its wall time: :meth:`solve_example` one example at a
+        time, unless a method solves several together (the SDP's first-order solver)."""
+        out = []
         for n in range(len(x)):
-            results = self.solve_example(network, x[n : n + 1], threat, rows[0 if len(rows) == 1 else n])
-            lower[n] = torch.tensor([r.lower for r in results], dtype=torch.float64)
-        return Bounds.from_stacked(lower.to(device=x.device, dtype=x.dtype))
+            tic = time.perf_counter()
+            results = self.solve_example(network, x[n : n + 1], threat, rows[n], plain=plain,
+                                         label=None if labels is None else labels[n])
+            out.append((results, time.perf_counter() - tic))
+        return out
 
     def solve_example(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
                       plain: nn.Module | Network | None = None, label: int | None = None) -> list[RowResult]:
@@ -79,7 +89,7 @@ class SolverMethod(BoundMethod):
 
     def certificates(self, model: nn.Module | Network, network: Network, x: Tensor, y: Tensor, threat: LpBall, *,
                      logits: Tensor, margin_tol: float, start: int, settings: dict[str, Any]) -> list[Certificate]:
-        """One certificate per example of the batch, from :meth:`solve_example` on its margin rows.
+        """One certificate per example of the batch, from :meth:`solve_batch` on its margin rows.
 
         A misclassified clean input is FALSIFIED (it lies in the threat set) without a solve; ``logits`` are the
         plain model's on ``x``, already computed by the caller. A row whose solver found a point the plain model
@@ -88,18 +98,20 @@ class SolverMethod(BoundMethod):
         k = network.num_classes
         classes = other_classes(y, k).tolist()
         spec = margin_spec(y, k, dtype=x.dtype)
+        correct = [i for i in range(len(x)) if int(logits[i].argmax()) == int(y[i])]  # the plain model's logits
+        solved = dict(zip(correct, self.solve_batch(network, x[correct], threat, spec[correct], plain=model,
+                                                    labels=[int(y[i]) for i in correct]))) if correct else {}
         out = []
         for i in range(len(x)):
-            tic = time.perf_counter()
             xi = x[i : i + 1]
-            if int(logits[i].argmax()) != int(y[i]):  # the plain model's logits of the batch
+            if i not in solved:  # misclassified: the clean input is a counterexample, no solve
                 out.append(Certificate(index=start + i, label=int(y[i]), verdict=Verdict.FALSIFIED,
                                        classes=tuple(classes[i]), margin_lower=tuple([-math.inf] * (k - 1)),
-                                       method=self.name, settings=dict(settings),
-                                       seconds=time.perf_counter() - tic, counterexample=xi[0].clone(),
+                                       method=self.name, settings=dict(settings), seconds=0.0,
+                                       counterexample=xi[0].clone(),
                                        solver={"status": ["misclassified"] * (k - 1)}))
                 continue
-            results = self.solve_example(network, xi, threat, spec[i], plain=model, label=int(y[i]))
+            results, seconds = solved[i]
             counterexample = next((r.point for r in results if r.point is not None), None)
             proven = all(r.status in self.decisive for r in results)
             lower = [r.lower for r in results]
@@ -114,7 +126,7 @@ class SolverMethod(BoundMethod):
                 solver["upper"] = [None if not math.isfinite(r.upper) else r.upper for r in results]
             out.append(Certificate(index=start + i, label=int(y[i]), verdict=verdict, classes=tuple(classes[i]),
                                    margin_lower=tuple(lower), method=self.name, settings=dict(settings),
-                                   seconds=time.perf_counter() - tic,
+                                   seconds=seconds,
                                    counterexample=None if counterexample is None
                                    else counterexample.view(x.shape[1:]).to(x.dtype).clone(),
                                    solver=solver))
