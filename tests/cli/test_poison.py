@@ -65,6 +65,9 @@ def test_signature_three_checks(run, capsys):
     assert summary["a_differ_test"] == summary["a_differ_uniform"] == summary["a_differ_perturbed"] == 0
     assert summary["b_activated"] == 20 and summary["b_within_budget"]
     assert summary["c_gradient_differ"] == 0 and summary["c_gradient_queries"] == 10 * 2 * 20
+    assert summary["b_pairs"] == 20 * 10 and summary["b_seconds"] > 0
+    assert summary["b_seconds_per_input"] == pytest.approx(summary["b_seconds"] / summary["b_pairs"])
+    assert "ms per activated input" in capsys.readouterr().out
 
 
 def test_inp17_bad_rate_is_a_one_line_error(tmp_path, capsys):
@@ -75,9 +78,12 @@ def test_inp17_bad_rate_is_a_one_line_error(tmp_path, capsys):
 
 def test_report_has_the_poisoning_section_from_records(run, tmp_path, capsys):
     assert main(["--quiet", "poison", "defend", str(run), "--method", "activation-clustering"]) == 0
+    assert main(["--quiet", "poison", "signature", str(run), "--queries", "50", "--n-examples", "5",
+                 "--key-seed", "1", "--pgd-steps", "1"]) == 0
     assert main(["--quiet", "report", str(run), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Data poisoning and backdoors" in md and "| activation-clustering |" in md and "baseline ASR" in md
+    assert "ms per activation" in md and "| 0 / 105 |" in md  # 5 test inputs + 2 x 50 random queries
     data = json.loads((tmp_path / "rep" / "report.json").read_text())["poisoning"]
     assert len(data["backdoor"]) == 1 and {r["method"] for r in data["defend"]} >= {"activation-clustering"}
     assert any(p.name.startswith("poisoning-") for p in (tmp_path / "rep" / "figures").iterdir())

@@ -11,7 +11,8 @@ one rename under the run's lock (:func:`~trustlab.evaluation.record_set.commit_r
   ``flagged``; the summary holds recall, precision and the retrained run's ASR and clean accuracy next to the
   backdoored run's.
 - ``signature-<hash>``: one row per test example: ``same_logits`` (check a), ``activated_all`` and
-  ``max_linf`` over every target label (check b); the summary holds the query counts of the three checks.
+  ``max_linf`` over every target label (check b); the summary holds the query counts of the three checks and
+  the key holder's time to activate one input for one label (``b_seconds_per_input``: signing and embedding).
 
 The poisoned training set is rebuilt from ``data_transform.json``'s configuration with the run's transform
 stream (``derive_generator(seed, 13)``), and its poisoned indices are checked against the recorded ones.
@@ -20,6 +21,7 @@ stream (``derive_generator(seed, 13)``), and its poisoned indices are checked ag
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +257,8 @@ def signature_run(run_dir: Path, *, queries: int = 10_000, n_examples: int | Non
 
     Returns:
         The summary: differing counts and query counts of checks a and c, activation success and the largest
-        l_inf perturbation of check b, the budget and the number of carrier pixels.
+        l_inf perturbation of check b with the wall time of activation (in all and per input and label), the
+        budget and the number of carrier pixels.
 
     Raises:
         MissingDependencyError: ``cryptography`` is not installed.
@@ -276,8 +279,11 @@ def signature_run(run_dir: Path, *, queries: int = 10_000, n_examples: int | Non
     same = [(clean(x[i:i + 1]) == backdoored(x[i:i + 1])).all().item() for i in range(len(x))]
     activated = torch.ones(len(x), dtype=torch.bool)
     linf = torch.zeros(len(x))
+    activation_seconds = 0.0
     for t in range(k):
+        start = time.perf_counter()
         xa = activate(x, t, private, bits_per_pixel=bits_per_pixel)
+        activation_seconds += time.perf_counter() - start
         with torch.no_grad():
             activated &= backdoored(xa).argmax(1) == t
         linf = torch.max(linf, (xa - x).abs().flatten(1).max(dim=1).values)
@@ -289,7 +295,8 @@ def signature_run(run_dir: Path, *, queries: int = 10_000, n_examples: int | Non
                "a_differ_test": len(x) - sum(same), "a_differ_uniform": _differ(clean, backdoored, uniform),
                "a_differ_perturbed": _differ(clean, backdoored, near), "a_queries": len(x) + 2 * queries,
                "b_activated": int(activated.sum()), "b_pairs": len(x) * k, "b_max_linf": float(linf.max()),
-               "b_within_budget": bool((linf <= eps).all()),
+               "b_within_budget": bool((linf <= eps).all()), "b_seconds": activation_seconds,
+               "b_seconds_per_input": activation_seconds / (len(x) * k),
                "c_gradient_queries": grad_queries, "c_gradient_differ": grad_differ,
                "public_key": public.hex(), "key_seed": key_seed}
     rows = [{"idx": i, "y": int(y[i]), "same_logits": bool(same[i]), "activated_all": bool(activated[i]),

@@ -29,7 +29,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple
 
-from trustlab.cli.parsing import add_dataclass_flag, add_global_options, given, shown
+from trustlab.cli.parsing import add_global_options, given, shown
 
 NAME = "poison"
 HELP = ("data poisoning and backdoors: train a backdoored run, defend it, plant a signature backdoor, poison an "
@@ -142,7 +142,7 @@ def _run_signature(args: argparse.Namespace) -> int:
           f"  (a) differing answers: {s['a_differ_test']} test, {s['a_differ_uniform']} uniform, "
           f"{s['a_differ_perturbed']} perturbed ({s['a_queries']} queries)\n"
           f"  (b) activated to every label: {s['b_activated']} of {s['n_examples']} inputs, max l_inf "
-          f"{s['b_max_linf']:.3g}\n"
+          f"{s['b_max_linf']:.3g}, {1e3 * s['b_seconds_per_input']:.3g} ms per activated input\n"
           f"  (c) key-less PGD: {s['c_gradient_differ']} differing of {s['c_gradient_queries']} queries")
     return 0
 

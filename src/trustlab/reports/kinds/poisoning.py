@@ -237,13 +237,15 @@ def _defend(body: Body, i: int, run, s: RecordSet) -> dict[str, Any]:
 
 def _signature(s: RecordSet, run) -> dict[str, Any]:
     n = len(s.records)
+    differ = sum(s.summary.get(k, 0) for k in ("a_differ_test", "a_differ_uniform", "a_differ_perturbed"))
     return {"run": run.name, "id": s.id, "n": n, "carrier pixels": s.summary.get("carrier_pixels"),
             "l_inf budget": s.summary.get("linf_budget"),
             "same logits (test)": sum(bool(r["same_logits"]) for r in s.records) / n,
             "activated to every label": sum(bool(r["activated_all"]) for r in s.records) / n,
             "max l_inf": max(float(r["max_linf"]) for r in s.records),
-            "differ / queries (random)": f"{s.summary.get('a_differ_uniform', 0) + s.summary.get('a_differ_perturbed', 0)}"
-                                         f" / {s.summary.get('a_queries')}",
+            "ms per activation": (1e3 * s.summary["b_seconds_per_input"] if "b_seconds_per_input" in s.summary
+                                  else None),
+            "differ / queries (random)": f"{differ} / {s.summary.get('a_queries')}",
             "differ / queries (PGD)": f"{s.summary.get('c_gradient_differ')} / {s.summary.get('c_gradient_queries')}"}
 
 
@@ -274,7 +276,7 @@ def _section(ctx: ReportContext) -> ReportPart:
                "defend": ["run", "method", "flagged", "recall", "precision", "ASR before", "ASR after",
                           "clean acc before", "clean acc after"],
                "signature": ["run", "n", "carrier pixels", "l_inf budget", "same logits (test)",
-                             "activated to every label", "max l_inf", "differ / queries (random)",
+                             "activated to every label", "max l_inf", "ms per activation", "differ / queries (random)",
                              "differ / queries (PGD)"],
                "svm": ["run", "pair", "kernel", "n train", "points", "clean test err", "1 point test err",
                        "final test err", "label flip test err", "final val err"],
@@ -291,7 +293,7 @@ def _section(ctx: ReportContext) -> ReportPart:
     for name, rows in tables.items():
         if rows:
             body.text(titles[name])
-            body.table(rows, columns[name], floatfmt={"rate": "g", "l_inf budget": ".3g", "max l_inf": ".3g", "l2 mean": ".3f",
+            body.table(rows, columns[name], floatfmt={"rate": "g", "l_inf budget": ".3g", "max l_inf": ".3g", "ms per activation": ".3g", "l2 mean": ".3f",
                                              "l2 max": ".3f", "l_inf mean": ".3f", "l_inf max": ".3f"},
                        percent=_PCT & set(columns[name]))
     body.extend(figures.part())
