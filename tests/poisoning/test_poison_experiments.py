@@ -151,3 +151,19 @@ def test_demo_poisoning_step_writes_an_svm_record_set(tmp_path, capsys):
     s = run_poisoning_demo(tmp_path / "poison-svm")
     assert "Data poisoning (linear SVM, digits 7 vs 1" in capsys.readouterr().out
     assert s["n_poison"] == 2 and _only(tmp_path / "poison-svm", "svm-").is_dir()
+
+
+def test_demo_backdoor_step_poisons_defends_and_records(tmp_path, capsys):
+    import dataclasses
+
+    from trustlab.demo import DEMO_BACKDOOR, run_backdoor_demo
+
+    s = run_backdoor_demo(tmp_path / "backdoor", train=dataclasses.replace(DEMO_BACKDOOR, epochs=4))
+    assert "Backdoor (BadNets 3x3 patch on 5% of the digits" in capsys.readouterr().out
+    record = json.loads((tmp_path / "backdoor" / "poisoned" / "data_transform.json").read_text())
+    assert s["n_poisoned"] == len(record["replaced"]) == round(0.05 * record["n_train"])  # POI-01
+    assert 0 <= s["recall"] <= 1 and s["n_true_positive"] <= s["n_flagged"]
+    assert s["asr_before"] > s["baseline_asr"] + 0.5  # the trigger was planted: the clean model ignores it
+    for folder, prefix in (("poisoned", "backdoor-"), ("poisoned", "defend-activation-clustering-")):
+        assert _only(tmp_path / "backdoor" / folder, prefix).is_dir()
+    assert (tmp_path / "backdoor" / "defended").is_dir() and (tmp_path / "backdoor" / "clean").is_dir()
