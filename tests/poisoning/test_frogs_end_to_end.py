@@ -113,4 +113,4 @@ def test_end_to_end_cli_writes_one_record_per_target_and_the_report_reads_them(t
     assert delta.max(1).tolist() == pytest.approx([r["delta_linf_max"] for r in rows], abs=1e-6)
     assert main(["--quiet", "report", str(run), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "Poison Frogs end to end" in md and "control success" in md
+    assert "Poison Frogs end to end" in md and "control success" in md and "n train" in md

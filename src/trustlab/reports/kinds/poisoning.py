@@ -217,8 +217,11 @@ def _frogs(body: Body, i: int, run, s: RecordSet) -> dict[str, Any]:
 def _frogs_end_to_end(run, s: RecordSet) -> dict[str, Any]:
     records = s.records
     n = len(records)
+    finetune = s.config.get("finetune", {})
     return {"run": run.name, "dataset": s.config.get("dataset"), "targets": n, "poisons": s.config.get("poisons"),
-            "opacity": s.config.get("collision", {}).get("opacity"), "success": frogs_success_rate(records),
+            "opacity": s.config.get("collision", {}).get("opacity"), "beta0": s.config.get("collision", {}).get("beta0"),
+            "n train": s.config.get("train_size"), "epochs": finetune.get("epochs"), "lr": finetune.get("lr"),
+            "success": frogs_success_rate(records),
             "control success": frogs_control_success_rate(records),
             "no-addition success": sum(r["clean_finetune_pred"] == r["base_class"] for r in records) / n,
             "success on them": frogs_success_rate_clean_correct(records),
@@ -312,7 +315,8 @@ def _section(ctx: ReportContext) -> ReportPart:
                        "final test err", "label flip test err", "final val err"],
                "frogs": ["run", "dataset", "pairs", "success", "clean-correct targets", "success on them", "l2 mean", "l2 max", "l_inf mean", "l_inf max",
                          "clean acc before", "clean acc after"],
-               "frogs-end-to-end": ["run", "dataset", "targets", "poisons", "opacity", "success", "control success",
+               "frogs-end-to-end": ["run", "dataset", "targets", "poisons", "opacity", "beta0", "n train", "epochs", "lr",
+                                    "success", "control success",
                                     "no-addition success", "success on them", "l2 mean", "l_inf max",
                                     "clean acc before", "clean acc after", "control acc after"]}
     titles = {"backdoor": "Backdoors", "defend": "Defenses (flag, remove, retrain)",
@@ -330,7 +334,7 @@ def _section(ctx: ReportContext) -> ReportPart:
     for name, rows in tables.items():
         if rows:
             body.text(titles[name])
-            body.table(rows, columns[name], floatfmt={"rate": "g", "l_inf budget": ".3g", "max l_inf": ".3g", "l2 mean": ".3f",
+            body.table(rows, columns[name], floatfmt={"rate": "g", "beta0": "g", "lr": "g", "l_inf budget": ".3g", "max l_inf": ".3g", "l2 mean": ".3f",
                                              "l2 max": ".3f", "l_inf mean": ".3f", "l_inf max": ".3f"},
                        percent=_PCT & set(columns[name]))
     body.extend(figures.part())
