@@ -24,6 +24,11 @@ set plus the poison (labelled with the base class); one poison then typically ma
 target into the base class. :func:`transfer_attack` measures that over target/base pairs, with each poison's
 perturbation size and the retrained model's clean accuracy.
 
+When the whole network is retrained (end to end) one poison is not enough; the paper crafts several poisons
+for one target, each from another base and watermarked with the target (50 poisons, opacity 0.3 on CIFAR-10).
+:func:`end_to_end_sets` builds that poisoned training set, and the control with the same (watermarked) bases
+left unperturbed, so that a success can be attributed to the collision rather than to the watermark.
+
 Reference:
     A. Shafahi, W. R. Huang, M. Najibi, O. Suciu, C. Studer, T. Dumitras, T. Goldstein. Poison Frogs! Targeted
     Clean-Label Poisoning Attacks on Neural Networks. NeurIPS 2018, arXiv:1804.00792, Eq. 1 and Algorithm 1.
@@ -54,6 +59,8 @@ __all__ = [
     "transfer_attack",
     "select_pairs",
     "poisoned_training_set",
+    "EndToEndSets",
+    "end_to_end_sets",
 ]
 
 
@@ -422,3 +429,60 @@ def poisoned_training_set(x: Tensor, y: Tensor, x_poison: Tensor, base_class: in
     added = torch.arange(len(x), len(x) + len(x_poison), dtype=torch.int64)
     return TransformedSet(x=torch.cat([x, x_poison.to(x.device)]), y=torch.cat([y, labels]), added=added,
                           info=dict(info or {}))
+
+
+@dataclass(frozen=True)
+class EndToEndSets:
+    """The training sets of one end-to-end target (:func:`end_to_end_sets`).
+
+    Args:
+        poisoned: the clean set plus the K poisons, labelled with the base class (``added`` N..N+K-1).
+        control: the clean set plus the K (watermarked) bases unperturbed, same labels and indices.
+        collision: the :class:`CollisionResult` of the K poisons.
+    """
+
+    poisoned: TransformedSet
+    control: TransformedSet
+    collision: CollisionResult
+
+
+def end_to_end_sets(phi: nn.Module, train: tuple[Tensor, Tensor], target: Tensor, bases: Tensor,
+                    base_class: int, config: FeatureCollisionConfig, *,
+                    info: dict[str, Any] | None = None) -> EndToEndSets:
+    """K poisons for one target, each from its own base, and the training sets that hold them or their control.
+
+    Each poison starts at its base watermarked with the target (``config.opacity``) and collides with the
+    target in phi's feature space (:func:`feature_collision`, the same target for all K). The control adds
+    the same watermarked bases without the collision steps, so that fine-tuning on ``poisoned`` against
+    ``control`` isolates the effect of the collision from that of the watermark.
+
+    Args:
+        phi: the feature extractor (frozen here; the caller may fine-tune the whole network afterwards).
+        train: ``(x, y)`` the clean training set (N, *D), (N,).
+        target: one target image (*D) or (1, *D).
+        bases: K base images (K, *D) of ``base_class``.
+        base_class: the poisons' (clean) label.
+        config: the attack settings (``opacity``: the watermark).
+        info: extra JSON-safe facts for both sets (e.g. the target and base indices).
+
+    Returns:
+        The :class:`EndToEndSets`.
+
+    Raises:
+        ValueError: no bases (K < 1), or a target whose shape differs from a base's.
+
+    Reference:
+        Shafahi et al. 2018, Section 5 (end-to-end training: multiple poisons with watermarking).
+    """
+    x, y = train
+    if bases.ndim < 2 or len(bases) < 1:
+        raise ValueError(f"need K >= 1 bases (K, *D), got shape {tuple(bases.shape)}")
+    if tuple(target.shape) not in (tuple(bases.shape[1:]), (1, *bases.shape[1:])):
+        raise ValueError(f"target {tuple(target.shape)} does not match the bases' image shape {tuple(bases.shape[1:])}")
+    t = target.reshape(1, *bases.shape[1:]).expand_as(bases)
+    res = feature_collision(phi, t, bases, config)
+    start = watermark(bases, t, config.opacity) if config.opacity > 0 else bases
+    facts = {**(info or {}), "poisons": len(bases), "opacity": config.opacity}
+    return EndToEndSets(poisoned=poisoned_training_set(x, y, res.x_poison, base_class, info={**facts, "control": False}),
+                        control=poisoned_training_set(x, y, start, base_class, info={**facts, "control": True}),
+                        collision=res)

@@ -14,7 +14,9 @@ the three checks into ``RUN/poisoning/signature-<id>/``.
 pair (Biggio et al. 2012) and writes the experiment folder OUT with ``OUT/poisoning/svm-<id>/`` (one row per
 attack step, the label-flipping baseline, the poison images).
 ``trustlab poison frogs RUN --dataset mnist --pairs 50`` runs Poison Frogs with RUN's model as the frozen feature
-extractor and commits ``RUN/poisoning/frogs-<id>/`` (one row per target/base pair, the poison images).
+extractor and commits ``RUN/poisoning/frogs-<id>/`` (one row per target/base pair, the poison images); with
+``--end-to-end --poisons K --opacity 0.3`` it crafts K watermarked poisons per target, fine-tunes the whole network
+on them and on a control, and commits ``RUN/poisoning/frogs-e2e-<id>/`` (one row per target).
 ``trustlab poison append --poisons SET ... --out RUN`` trains any registry model on its training set plus those
 poisons (every training flag applies); ``RUN/data_transform.json`` lists their indices.
 
@@ -201,7 +203,8 @@ def _run_svm(args: argparse.Namespace) -> int:
 def _add_frogs(p: argparse.ArgumentParser) -> None:
     _run_and_root(p, "trained run whose model (up to its last linear layer) is the frozen feature extractor")
     p.add_argument("--dataset", default="mnist", help="the transfer dataset (default mnist)")
-    p.add_argument("--pairs", type=int, default=50, help="target/base pairs, one poison each (default 50)")
+    p.add_argument("--pairs", type=int, default=50,
+                   help="target/base pairs, one poison each (default 50); with --end-to-end the number of targets")
     p.add_argument("--target-class", type=int, help="the targets' class (with --base-class; default: ten pairs)")
     p.add_argument("--base-class", type=int, help="the bases' class, the poisons' label")
     p.add_argument("--beta0", type=float, default=0.25, help="the paper's base weight before scaling (default 0.25)")
@@ -213,6 +216,15 @@ def _add_frogs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--two-class", action="store_true",
                    help="the paper's binary setting: the head sees only the target and base classes")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    e2e = p.add_argument_group("end to end (Shafahi et al. Section 5: several watermarked poisons, whole network "
+                               "fine-tuned)")
+    e2e.add_argument("--end-to-end", action="store_true",
+                     help="K poisons per target, then fine-tune every layer from RUN's weights (with --target-class "
+                          "and --base-class; --pairs counts targets)")
+    e2e.add_argument("--poisons", type=int, default=50, help="K, poisons per target (default 50, the paper's)")
+    e2e.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    e2e.add_argument("--lr", type=float, help="fine-tuning learning rate, constant (default RUN's)")
+    e2e.add_argument("--batch-size", type=int, help="fine-tuning batch size (default RUN's)")
 
 
 def _run_frogs(args: argparse.Namespace) -> int:
@@ -221,6 +233,8 @@ def _run_frogs(args: argparse.Namespace) -> int:
 
     config = FeatureCollisionConfig(beta0=args.beta0, step_size=args.step_size, steps=args.steps,
                                     opacity=args.opacity)
+    if args.end_to_end:
+        return _run_frogs_end_to_end(args, config)
     s = frogs_run(Path(args.run), dataset=args.dataset, pairs=args.pairs, target_class=args.target_class,
                   base_class=args.base_class, config=config, train_size=args.train_size, eval_size=args.eval_size,
                   seed=args.seed, root=args.root, two_class=args.two_class)
@@ -229,6 +243,23 @@ def _run_frogs(args: argparse.Namespace) -> int:
           f"perturbation l2 {s['delta_l2_mean']:.3f} (max {s['delta_l2_max']:.3f}), l_inf {s['delta_linf_mean']:.3f} "
           f"(max {s['delta_linf_max']:.3f}); clean accuracy {s['clean_acc_before']:.4f} -> "
           f"{s['clean_acc_after_mean']:.4f} (mean over pairs)")
+    return 0
+
+
+def _run_frogs_end_to_end(args: argparse.Namespace, config) -> int:
+    from trustlab.evaluation.frogs_end_to_end import frogs_end_to_end_run
+
+    s = frogs_end_to_end_run(Path(args.run), target_class=args.target_class, base_class=args.base_class,
+                             dataset=args.dataset, targets=args.pairs, poisons=args.poisons, config=config,
+                             train_size=args.train_size, eval_size=args.eval_size, finetune_epochs=args.finetune_epochs,
+                             lr=args.lr, batch_size=args.batch_size, seed=args.seed, root=args.root,
+                             two_class=args.two_class)
+    print(f"{shown(args.run)}: Poison Frogs end to end on {args.dataset}, {s['targets']} targets, {s['poisons']} "
+          f"poisons each: success {s['success_rate']:.4f}; controls: unperturbed watermarked bases "
+          f"{s['control_success_rate']:.4f}, no additions {s['clean_finetune_success_rate']:.4f}; perturbation l2 "
+          f"{s['delta_l2_mean']:.3f} (max {s['delta_l2_max']:.3f}), l_inf {s['delta_linf_mean']:.3f} (max "
+          f"{s['delta_linf_max']:.3f}); clean accuracy {s['clean_acc_before']:.4f} -> {s['clean_acc_after_mean']:.4f} "
+          f"(control {s['control_acc_after_mean']:.4f}, no additions {s['clean_finetune_acc']:.4f})")
     return 0
 
 
@@ -268,7 +299,8 @@ ACTIONS: dict[str, Action] = {
                         _add_signature, _run_signature),
     "svm": Action("poison an SVM by gradient ascent (Biggio et al. 2012) on a digit pair, with label flipping",
                   _add_svm, _run_svm),
-    "frogs": Action("Poison Frogs (Shafahi et al. 2018): one clean-label poison per target, transfer learning",
+    "frogs": Action("Poison Frogs (Shafahi et al. 2018): one clean-label poison per target, transfer learning; "
+                    "or --end-to-end: K poisons per target, the whole network fine-tuned",
                     _add_frogs, _run_frogs),
     "append": Action("train a registry model on its training set plus the poisons saved by `poison svm|frogs`",
                      _add_append, _run_append),

@@ -20,6 +20,10 @@ Every row holds ``idx`` and ``y``; the set's ``config.json`` names its ``action`
 - ``frogs`` (``trustlab poison frogs``): one row per target/base pair (``success``, ``delta_l2``, ``delta_linf``,
   ``clean_acc_before``, ``clean_acc_after``): success rate with the perturbation sizes and the clean accuracy
   change, and a few base / poison / target images.
+- ``frogs-end-to-end`` (``trustlab poison frogs --end-to-end``): one row per target (``success``,
+  ``control_success``, ``clean_finetune_pred``, perturbation sizes over its K poisons, clean accuracies): the
+  success rate next to the controls' (the same fine-tuning on the unperturbed watermarked bases, and on no
+  additions), so that a success is attributable to the collision.
 
 It adds no matrix column: a backdoor's ASR is not robust accuracy under an l_p threat model.
 
@@ -42,7 +46,7 @@ from trustlab.reports.kinds import RecordKind, RecordSet, ReportContext, ReportP
 
 __all__ = ["KIND", "POISONING_KEYS", "attack_success_rate", "clean_accuracy", "detection_recall",
            "detection_precision", "svm_errors_vs_steps", "svm_errors_vs_points", "frogs_success_rate",
-           "frogs_success_rate_clean_correct"]
+           "frogs_success_rate_clean_correct", "frogs_control_success_rate"]
 
 POISONING_KEYS = ("idx", "y")
 KIND_NAME = "poisoning"
@@ -114,6 +118,18 @@ def frogs_success_rate_clean_correct(records: Sequence[dict[str, Any]]) -> float
     none): a target the clean model already put into the base class is no success of the poison."""
     rows = [r for r in records if r["clean_pred"] == r["y"]]
     return frogs_success_rate(rows) if rows else None
+
+
+def frogs_control_success_rate(records: Sequence[dict[str, Any]]) -> float:
+    """End to end: the fraction of targets the control (unperturbed watermarked bases) fine-tuning assigns to the
+    base class.
+
+    Raises:
+        ValueError: no records.
+    """
+    if not records:
+        raise ValueError("records is empty; can't compute the control success rate")
+    return sum(bool(r["control_success"]) for r in records) / len(records)
 
 
 def _poisons(s: RecordSet) -> dict[str, np.ndarray] | None:
@@ -198,6 +214,23 @@ def _frogs(body: Body, i: int, run, s: RecordSet) -> dict[str, Any]:
             "clean acc after": sum(r["clean_acc_after"] for r in records) / n}
 
 
+def _frogs_end_to_end(run, s: RecordSet) -> dict[str, Any]:
+    records = s.records
+    n = len(records)
+    finetune = s.config.get("finetune", {})
+    return {"run": run.name, "dataset": s.config.get("dataset"), "targets": n, "poisons": s.config.get("poisons"),
+            "opacity": s.config.get("collision", {}).get("opacity"), "beta0": s.config.get("collision", {}).get("beta0"),
+            "n train": s.config.get("train_size"), "epochs": finetune.get("epochs"), "lr": finetune.get("lr"),
+            "success": frogs_success_rate(records),
+            "control success": frogs_control_success_rate(records),
+            "no-addition success": sum(r["clean_finetune_pred"] == r["base_class"] for r in records) / n,
+            "success on them": frogs_success_rate_clean_correct(records),
+            "l2 mean": sum(r["delta_l2"] for r in records) / n, "l_inf max": max(r["delta_linf_max"] for r in records),
+            "clean acc before": records[0]["clean_acc_before"],
+            "clean acc after": sum(r["clean_acc_after"] for r in records) / n,
+            "control acc after": sum(r["control_acc_after"] for r in records) / n}
+
+
 def _sets(run, action: str) -> list[RecordSet]:
     return [s for s in run.views(KIND_NAME) if s.config.get("action") == action]
 
@@ -249,7 +282,7 @@ def _signature(s: RecordSet, run) -> dict[str, Any]:
             "differ / queries (PGD)": f"{s.summary.get('c_gradient_differ')} / {s.summary.get('c_gradient_queries')}"}
 
 
-_PCT = {"success on them", "clean test err", "1 point test err", "final test err", "label flip test err", "final val err", "success",
+_PCT = {"success on them", "control success", "no-addition success", "control acc after", "clean test err", "1 point test err", "final test err", "label flip test err", "final val err", "success",
         "ASR", "clean acc", "baseline ASR", "baseline clean acc", "recall", "precision", "ASR before", "ASR after",
         "clean acc before", "clean acc after", "same logits (test)", "activated to every label"}
 
@@ -259,10 +292,12 @@ def _section(ctx: ReportContext) -> ReportPart:
     body.text("Attack success rate (ASR): the fraction of triggered test inputs whose true label is not the target "
               "that the model assigns to the target; always shown with clean accuracy and with the ASR of a "
               "clean-trained model as the baseline.")
-    tables: dict[str, list[dict[str, Any]]] = {"backdoor": [], "defend": [], "signature": [], "svm": [], "frogs": []}
+    tables: dict[str, list[dict[str, Any]]] = {"backdoor": [], "defend": [], "signature": [], "svm": [], "frogs": [],
+                                                "frogs-end-to-end": []}
     figures = Body(ctx.out_dir)  # drawn per run, shown after the tables
     for i, run in enumerate(ctx.runs):
         tables["signature"] += [_signature(s, run) for s in _sets(run, "signature")]
+        tables["frogs-end-to-end"] += [_frogs_end_to_end(run, s) for s in _sets(run, "frogs-end-to-end")]
         if not any(_sets(run, a) for a in ("backdoor", "defend", "svm", "frogs")):
             continue
         figures.heading(run.name)
@@ -281,7 +316,11 @@ def _section(ctx: ReportContext) -> ReportPart:
                "svm": ["run", "pair", "kernel", "n train", "points", "clean test err", "1 point test err",
                        "final test err", "label flip test err", "final val err"],
                "frogs": ["run", "dataset", "pairs", "success", "clean-correct targets", "success on them", "l2 mean", "l2 max", "l_inf mean", "l_inf max",
-                         "clean acc before", "clean acc after"]}
+                         "clean acc before", "clean acc after"],
+               "frogs-end-to-end": ["run", "dataset", "targets", "poisons", "opacity", "beta0", "n train", "epochs", "lr",
+                                    "success", "control success",
+                                    "no-addition success", "success on them", "l2 mean", "l_inf max",
+                                    "clean acc before", "clean acc after", "control acc after"]}
     titles = {"backdoor": "Backdoors", "defend": "Defenses (flag, remove, retrain)",
               "signature": "Signature backdoor (Goldwasser et al. 2022): no key-less query finds a difference; "
                            "that none can is EUF-CMA unforgeability of Ed25519, not this experiment",
@@ -289,11 +328,16 @@ def _section(ctx: ReportContext) -> ReportPart:
                      "all of them, and label flipping with as many points; one row per experiment (training-set "
                      "sizes in order)",
               "frogs": "Poison Frogs (Shafahi et al. 2018), one clean-label poison per target: success rate, "
-                       "perturbation size to the base, clean accuracy before and after (mean over pairs)"}
+                       "perturbation size to the base, clean accuracy before and after (mean over pairs)",
+              "frogs-end-to-end": "Poison Frogs end to end (Shafahi et al. 2018, Section 5): K watermarked poisons per "
+                                  "target, the whole network fine-tuned; controls: the same fine-tuning on the "
+                                  "unperturbed watermarked bases, and on no additions ('success on them': targets "
+                                  "the model got right before fine-tuning)"}
     for name, rows in tables.items():
         if rows:
             body.text(titles[name])
-            body.table(rows, columns[name], floatfmt={"rate": "g", "l_inf budget": ".3g", "max l_inf": ".3g", "ms per activation": ".3g", "l2 mean": ".3f",
+            body.table(rows, columns[name], floatfmt={"rate": "g", "beta0": "g", "lr": "g", "l_inf budget": ".3g",
+                                             "max l_inf": ".3g", "ms per activation": ".3g", "l2 mean": ".3f",
                                              "l2 max": ".3f", "l_inf mean": ".3f", "l_inf max": ".3f"},
                        percent=_PCT & set(columns[name]))
     body.extend(figures.part())
@@ -308,7 +352,7 @@ def _run_part(run, ctx: ReportContext) -> Fragment:
     return body.part({"poisoning_sets": rows})
 
 
-_ACTIONS = ("backdoor", "defend", "signature", "svm", "frogs")
+_ACTIONS = ("backdoor", "defend", "signature", "svm", "frogs", "frogs-end-to-end")
 
 
 def _load(sets: tuple[RecordSet, ...]) -> tuple[RecordSet, ...]:
