@@ -140,8 +140,9 @@ def _curves(views: Sequence[SmoothingView], runs: Sequence[str] | None = None) -
     curves = {}
     for k, v in enumerate(views):
         acc = np.array([certified_accuracy(v.records, r) for r in grid])
-        where = f"{runs[k]}: " if runs is not None else ""
-        curves[f"{where}{v.noise} sigma={v.sigma:g} ({v.id[-10:]})"] = EpsCurve(grid, acc, acc, v.n)
+        label = (f"{runs[k]}: sigma={v.sigma:g}" if runs is not None
+                 else f"{v.noise} sigma={v.sigma:g} ({v.id[-10:]})")
+        curves[label] = EpsCurve(grid, acc, acc, v.n)
     return curves
 
 
