@@ -5,6 +5,7 @@ report section with its guarantee and caveat, and one-line errors."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,40 @@ def test_rs10_report_states_the_guarantee_and_the_caveat(run, tmp_path, capsys):
     assert "Randomized smoothing" in md and GUARANTEE in md and FLOAT_CAVEAT in md
     assert "not simultaneously over the dataset" in md and "| r=0.25" in md
     assert list((tmp_path / "rep" / "figures").glob("smoothing-*.png"))
+
+
+def test_report_shows_l1_certificates_and_the_linf_view_of_the_l2_ones(run, tmp_path, capsys):
+    """Acceptance 3 of issue 11: uniform and Laplace (l_1) sets get their own figure and rows next to the Gaussian
+    (l_2) one, and the l_2 certificates are also shown in l_inf: accuracy at eps = l_2 accuracy at eps sqrt(d)."""
+    assert main(["--quiet", "smooth", "certify", str(run), *CERTIFY]) == 0
+    for noise in ("uniform", "laplace"):
+        assert main(["--quiet", "smooth", "certify", str(run), *CERTIFY, "--noise", noise]) == 0
+    assert main(["--quiet", "report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    figures = {p.name for p in (tmp_path / "rep" / "figures").glob("smoothing-*.png")}
+    assert {f for f in figures if f.endswith(("-l1.png", "-l2.png"))} and any("linf" in f for f in figures)
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert {(r["noise"], r["radius"]) for r in report["smoothing"]} >= {("gaussian", "l2"), ("uniform", "l1"),
+                                                                        ("laplace", "l1")}
+    (gauss,) = [f for f in (run / "smoothing").iterdir() if f.name.startswith("certify-gaussian")]
+    records = read_records(gauss / "records.jsonl")
+    (row,) = [r for r in report["smoothing_linf"] if r["id"] == gauss.name]
+    assert row["d"] == 64  # digits: 1 x 8 x 8
+    for eps in (0.01, 0.02, 0.05, 0.1, 0.3):
+        assert row[f"linf={eps:g}"] == certified_accuracy(records, eps * 8.0)
+    best = max(r["radius"] for r in records if r["correct"])
+    assert row["max linf"] == pytest.approx(best / 8.0)
+    assert "l\\_inf view of the Gaussian (l2) certificates" in next((tmp_path / "rep").glob("*.md")).read_text()
+
+
+def test_report_puts_every_runs_gaussian_curves_in_one_figure_only_with_several_runs(run, tmp_path, capsys):
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    for r in (run, twin):
+        assert main(["--quiet", "smooth", "certify", str(r), *CERTIFY]) == 0
+    assert main(["--quiet", "report", str(run), str(twin), "--out", str(tmp_path / "both")]) == 0
+    assert main(["--quiet", "report", str(run), "--out", str(tmp_path / "one")]) == 0
+    assert (tmp_path / "both" / "figures" / "smoothing-all-l2.png").is_file()
+    assert not (tmp_path / "one" / "figures" / "smoothing-all-l2.png").exists()
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -13,7 +13,9 @@ from torch import nn
 
 from trustlab.smoothing import (ABSTAIN, GaussianNoise, SmoothedClassifier, certify_from_counts,
                                 clopper_pearson_lower)
+from trustlab.seeding import derive_seed
 from trustlab.smoothing import core
+from trustlab.smoothing.noises import make_noise
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -109,6 +111,32 @@ def test_rs09_same_seed_same_counts_and_batch_size_does_not_change_them(halfspac
     assert not np.array_equal(different.counts_estimation, runs[0].counts_estimation)
     pred = [smoothed.predict(x, 300, 0.01, generator=_gen(3), batch_size=b).counts for b in (1000, 17)]
     assert np.array_equal(pred[0], pred[1])
+
+
+def _reference_rows(x: torch.Tensor, num: int, noise, seed: int) -> torch.Tensor:
+    """The noisy rows of one sampling phase from the module docstring's definition: root = one draw from the
+    caller's generator, block ``b`` = ``noise.sample`` of ``NOISE_BLOCK`` rows from a generator seeded by
+    ``derive_seed(root, b)``, row ``r`` = ``x[r // num]`` + noise row ``r``."""
+    root = int(torch.randint(0, 2**62, (1,), generator=_gen(seed)))
+    total = len(x) * num
+    blocks = [noise.sample((core.NOISE_BLOCK, *x.shape[1:]), generator=_gen(derive_seed(root, b)),
+                           device=x.device, dtype=x.dtype) for b in range(-(-total // core.NOISE_BLOCK))]
+    return x.repeat_interleave(num, 0) + torch.cat(blocks)[:total]
+
+
+@pytest.mark.parametrize("name", ["gaussian", "uniform", "laplace"])
+def test_rs09_every_noisy_row_is_the_seeded_stream_bit_for_bit(name, spy_factory):
+    """The sampling loop draws blocks in place and adds x by broadcasting; whatever the batch size (cutting the
+    512-row blocks and the inputs anywhere), the rows the base classifier sees are exactly the definition's."""
+    noise = make_noise(name, 0.3)
+    for dtype, num in [(torch.float32, 700), (torch.float64, 3)]:
+        x = torch.rand(3, 1, 6, 6, generator=_gen(1), dtype=dtype)
+        expected = _reference_rows(x, num, noise, seed=4)
+        for batch_size in (1, 5, 333, 512, 1000, 5000):
+            spy = spy_factory(2, lambda r: 0)
+            counts = core.sample_counts(spy, x, num, noise, num_classes=2, generator=_gen(4), batch_size=batch_size)
+            assert torch.equal(torch.cat(spy.batches), expected), (name, dtype, batch_size)
+            assert (counts[:, 0] == num).all()
 
 
 def test_rs09_global_rng_is_untouched(halfspace):

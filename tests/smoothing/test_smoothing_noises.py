@@ -16,8 +16,8 @@ import pytest
 import torch
 from scipy.stats import binomtest, laplace, uniform
 
-from trustlab.smoothing import (ABSTAIN, LaplaceNoise, SmoothedClassifier, UniformNoise, linf_radius_from_l2,
-                                make_noise, plot_linf_shrinkage)
+from trustlab.smoothing import (ABSTAIN, GaussianNoise, LaplaceNoise, SmoothedClassifier, UniformNoise,
+                                linf_radius_from_l2, make_noise, plot_linf_shrinkage)
 
 P = np.array([0.5, 0.55, 0.6, 0.75, 0.9, 0.99, 0.999])
 
@@ -42,6 +42,26 @@ def test_laplace_radius_is_minus_lambda_log_2_one_minus_pA_and_the_exact_1d_wors
     # ... and lambda log(pA/(1-pA)) overshoots the exact worst case: not a valid radius
     wrong = lam * np.log(P[1:] / (1 - P[1:]))
     assert (laplace.cdf(t[1:] - wrong, scale=lam) < 0.5).all()
+
+
+@pytest.mark.parametrize("noise, fresh", [
+    (GaussianNoise(0.3), lambda shape, g: torch.randn(shape, generator=g) * 0.3),
+    (UniformNoise(0.3), lambda shape, g: torch.rand(shape, generator=g) * 0.6 - 0.3),
+    (LaplaceNoise(0.3), None),
+])
+def test_sample_in_place_into_a_view_equals_a_fresh_draw(noise, fresh):
+    """``sample_`` into a slice of a larger buffer gives the bits of ``sample`` (and, for Gaussian and uniform,
+    of the textbook ``randn * sigma`` and ``rand * 2 lambda - lambda``): CERTIFY's in-place loop changes no
+    record."""
+    shape = (512, 1, 6, 6)
+    drawn = noise.sample(shape, generator=torch.Generator().manual_seed(3), device=torch.device("cpu"),
+                         dtype=torch.float32)
+    buffer = torch.full((700, 1, 6, 6), float("nan"))
+    noise.sample_(buffer[100:612], generator=torch.Generator().manual_seed(3))
+    assert torch.equal(buffer[100:612], drawn)
+    assert buffer[:100].isnan().all() and buffer[612:].isnan().all()
+    if fresh is not None:
+        assert torch.equal(drawn, fresh(shape, torch.Generator().manual_seed(3)))
 
 
 @pytest.mark.parametrize("noise, var", [(UniformNoise(0.5), 0.5**2 / 3), (LaplaceNoise(0.5), 2 * 0.5**2)])

@@ -9,6 +9,9 @@ forward batches of ``batch_size`` rows, so a batch mixes inputs and fills the de
 ``r`` comes from block ``r // NOISE_BLOCK``, drawn from its own generator seeded by ``(root, block)``; ``root`` is
 one draw from the caller's ``generator`` per sampling phase. Noise therefore depends on the seed and the row, never
 on ``batch_size``: counts are batch-invariant (RS-09), and selection and estimation use independent draws.
+Each forward batch is written into one reused buffer (noise drawn in place, ``x`` added by broadcasting), so
+no noisy batch is allocated or gathered per pass; ``benchmarks/smoothing_throughput.py`` measures what is left over the
+forward passes.
 
 Noise is added to ``x`` as given, which for trustlab models are [0, 1] pixels (normalization lives inside the
 model), so radii are in pixel space (RS-08). Nothing is clipped: the guarantee is about ``g`` as defined.
@@ -77,20 +80,55 @@ class Prediction:
 
 class _NoiseStream:
     """Noise rows ``0, 1, 2, ...`` of one sampling phase; row ``r`` is row ``r % NOISE_BLOCK`` of block
-    ``r // NOISE_BLOCK``, drawn from a generator seeded by ``(root, block)``."""
+    ``r // NOISE_BLOCK``, drawn from a generator seeded by ``(root, block)``.
+
+    :meth:`fill` writes the next rows into a caller's buffer: a block that falls wholly inside it is drawn there in
+    place, and only a block cut by the buffer's end is drawn into ``spare`` and copied from (its rest is kept for
+    the next call). Both paths run the same ``Noise.sample_`` on a contiguous ``(NOISE_BLOCK, *D)`` tensor, so the
+    values do not depend on how the rows are cut.
+    """
 
     def __init__(self, noise: Noise, shape: tuple[int, ...], root: int, x: Tensor) -> None:
-        self.noise, self.shape, self.root, self.x = noise, shape, root, x
-        self.block, self.buffer = 0, x.new_empty((0, *shape))
+        self.noise, self.root = noise, root
+        self.spare = x.new_empty((NOISE_BLOCK, *shape))
+        self.block, self.used = 0, NOISE_BLOCK  # next block to draw; rows of ``spare`` already handed out
 
-    def take(self, m: int) -> Tensor:
-        while len(self.buffer) < m:
-            g = torch.Generator(device=self.x.device).manual_seed(derive_seed(self.root, self.block))
-            fresh = self.noise.sample((NOISE_BLOCK, *self.shape), generator=g, device=self.x.device,
-                                      dtype=self.x.dtype)
-            self.buffer, self.block = torch.cat([self.buffer, fresh]), self.block + 1
-        out, self.buffer = self.buffer[:m], self.buffer[m:]
-        return out
+    def _draw(self, out: Tensor) -> None:
+        g = torch.Generator(device=out.device).manual_seed(derive_seed(self.root, self.block))
+        self.noise.sample_(out, generator=g)
+        self.block += 1
+
+    def fill(self, out: Tensor) -> None:
+        """Overwrite ``out`` ``(m, *D)`` (contiguous) with the next ``m`` noise rows."""
+        m, i = len(out), 0
+        while i < m:
+            if self.used < NOISE_BLOCK:  # rows left over from a cut block
+                k = min(NOISE_BLOCK - self.used, m - i)
+                out[i:i + k].copy_(self.spare[self.used:self.used + k])
+                self.used, i = self.used + k, i + k
+            elif m - i >= NOISE_BLOCK:  # a whole block fits: draw it in place
+                self._draw(out[i:i + NOISE_BLOCK])
+                i += NOISE_BLOCK
+            else:
+                self._draw(self.spare)
+                self.used = 0
+
+
+def _add_owners(out: Tensor, x: Tensor, start: int, num: int) -> None:
+    """``out[j] += x[(start + j) // num]``: the stream rows ``start, start + 1, ...`` are ``num`` copies of each
+    input in turn, added by broadcasting (at most three ops: a head, the whole inputs, a tail) instead of
+    gathering ``x[owner]``."""
+    m, j = len(out), 0
+    while j < m:
+        i, offset = divmod(start + j, num)
+        if offset == 0 and m - j >= num:  # whole inputs i, i + 1, ...: one broadcast add
+            k = (m - j) // num
+            out[j:j + k * num].view(k, num, *x.shape[1:]).add_(x[i:i + k, None])
+            j += k * num
+        else:
+            k = min(num - offset, m - j)
+            out[j:j + k].add_(x[i])
+            j += k
 
 
 def _check_x(x: object) -> Tensor:
@@ -114,7 +152,8 @@ def sample_counts(base: Base, x: Tensor, num: int, noise: Noise, *, num_classes:
 
     One phase of Cohen et al.'s ``_sample_noise``: the ``N * num`` copies are classified in forward batches of
     ``batch_size`` rows that mix inputs; the noise is independent of ``batch_size`` (module docstring). Draws one
-    value from ``generator`` (the phase's root seed); ``base`` runs in eval mode under ``no_grad``.
+    value from ``generator`` (the phase's root seed); ``base`` runs in eval mode under ``no_grad``. The batches
+    ``base`` sees are views of one reused buffer: it must not keep its input after returning.
 
     Args:
         base: the base classifier, ``(B, *D) -> (B, num_classes)`` logits; an ``nn.Module`` is put in eval mode and
@@ -140,15 +179,18 @@ def sample_counts(base: Base, x: Tensor, num: int, noise: Noise, *, num_classes:
     stream = _NoiseStream(noise, tuple(x.shape[1:]), root, x)
     total = len(x) * num
     counts = torch.zeros(len(x) * num_classes, dtype=torch.int64, device=x.device)
+    buffer = x.new_empty((min(batch_size, total), *x.shape[1:]))  # the noisy batch, reused
     starts = range(0, total, batch_size)
     with torch.no_grad(), (eval_mode(base) if isinstance(base, nn.Module) else _nothing()):
         for start in progress_bar(starts, desc=desc, enabled=progress, total=len(starts)):
-            rows = torch.arange(start, min(start + batch_size, total), device=x.device)
-            owner = rows // num  # (B,) the input each noisy row copies
-            logits = base(x[owner] + stream.take(len(rows)))
-            if logits.shape != (len(rows), num_classes):
-                raise ValueError(f"the base classifier must return ({len(rows)}, {num_classes}) logits, "
+            noisy = buffer[: min(batch_size, total - start)]
+            stream.fill(noisy)  # noise first, then x: x + e and e + x are the same floats
+            _add_owners(noisy, x, start, num)
+            logits = base(noisy)
+            if logits.shape != (len(noisy), num_classes):
+                raise ValueError(f"the base classifier must return ({len(noisy)}, {num_classes}) logits, "
                                  f"got {tuple(logits.shape)}")
+            owner = torch.arange(start, start + len(noisy), device=x.device) // num  # the input each row copies
             counts += torch.bincount(owner * num_classes + logits.argmax(1), minlength=len(counts))
     return counts.view(len(x), num_classes).cpu().numpy()
 

@@ -62,6 +62,11 @@ class Noise:
     def sample(self, shape: tuple[int, ...], *, generator: torch.Generator, device: torch.device,
                dtype: torch.dtype) -> Tensor:
         """``shape`` i.i.d. noise values drawn from ``generator`` (which lives on ``device``)."""
+        return self.sample_(torch.empty(shape, device=device, dtype=dtype), generator=generator)
+
+    def sample_(self, out: Tensor, *, generator: torch.Generator) -> Tensor:
+        """Overwrite ``out`` with i.i.d. noise values drawn from ``generator`` and return it: the same values
+        :meth:`sample` gives for ``out``'s shape, without allocating (what CERTIFY's sampling loop uses)."""
         raise NotImplementedError
 
     def radius(self, pA_lower: np.ndarray) -> np.ndarray:
@@ -76,8 +81,8 @@ class GaussianNoise(Noise):
     name = "gaussian"
     p = 2.0
 
-    def sample(self, shape, *, generator, device, dtype):
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype).mul_(self.scale)
+    def sample_(self, out, *, generator):
+        return out.normal_(generator=generator).mul_(self.scale)
 
     def radius(self, pA_lower):
         return self.scale * normal.ppf(np.asarray(pA_lower, dtype=np.float64))
@@ -95,9 +100,8 @@ class UniformNoise(Noise):
     name = "uniform"
     p = 1.0
 
-    def sample(self, shape, *, generator, device, dtype):
-        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-        return u.mul_(2 * self.scale).sub_(self.scale)
+    def sample_(self, out, *, generator):
+        return out.uniform_(generator=generator).mul_(2 * self.scale).sub_(self.scale)
 
     def radius(self, pA_lower):
         return 2 * self.scale * (np.asarray(pA_lower, dtype=np.float64) - 0.5)
@@ -114,10 +118,10 @@ class LaplaceNoise(Noise):
     name = "laplace"
     p = 1.0
 
-    def sample(self, shape, *, generator, device, dtype):
-        u = torch.rand((2, *shape), generator=generator, device=device, dtype=dtype)
+    def sample_(self, out, *, generator):
+        u = torch.rand((2, *out.shape), generator=generator, device=out.device, dtype=out.dtype)
         e = torch.log1p(-u).neg_()
-        return (e[0] - e[1]).mul_(self.scale)
+        return torch.sub(e[0], e[1], out=out).mul_(self.scale)
 
     def radius(self, pA_lower):
         with np.errstate(divide="ignore"):
