@@ -115,3 +115,15 @@ def test_two_cpu_processes_fail_early_with_the_reason(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.startswith("trustlab train: error: ")]
     assert len(lines) == 2 and all("needs a GPU" in line and "this run's device is 'cpu'" in line for line in lines)
     assert "batchnorm.py" not in done.stderr and not (tmp_path / "r").exists()  # not from SyncBatchNorm.forward
+
+
+def test_data06_turning_the_option_on_is_a_new_identity_and_a_recorded_change_on_resume(tmp_path):
+    tiny = TrainConfig(dataset="digits", model="mlp", epochs=1, subset=60, batch_size=30, device="cpu")
+    run = tmp_path / "r"
+    train_run(tiny, run, progress=False)
+    (run / "summary.json").unlink()  # as if killed after the last checkpoint: a resume finishes the run
+    with pytest.raises(ValueError, match=r"config differs from the run in .* in \['sync_batchnorm'\]"):
+        train_run(tiny.replace(sync_batchnorm=True), run, resume=True, progress=False)
+    train_run(tiny.replace(sync_batchnorm=True), run, resume=True, force_resume=True, progress=False)
+    resumes = json.loads((run / "config.json").read_text())["resumes"]
+    assert resumes == [{"epoch": 1, "changed": {"sync_batchnorm": [False, True]}}]
