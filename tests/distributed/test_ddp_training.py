@@ -44,6 +44,28 @@ def test_two_processes_match_one(tmp_path, defense):
     assert not list((tmp_path / "two").glob("**/*.tmp"))  # rank 1 wrote nothing, rank 0 left no temp file
 
 
+# the other training modes, one epoch each; the certified ones over an eps ramp (per-batch eps, kappa, beta)
+OTHER_DEFENSES = {
+    "fgsm": ["--defense", "fgsm", "--eps", "0.1"],
+    "fgsm-rs": ["--defense", "fgsm-rs", "--eps", "0.1"],
+    "trades": ["--defense", "trades", "--eps", "0.1", "--trades-steps", "3"],
+    "ibp": ["--defense", "ibp", "--eps", "0.05", "--eps-warmup-epochs", "1"],
+    "crown-ibp": ["--defense", "crown-ibp", "--eps", "0.05", "--eps-warmup-epochs", "1"],
+    "noise": ["--defense", "noise", "--noise-sigma", "0.25"],
+}
+
+
+@pytest.mark.slow  # about 15 s of CPU per mode (14-29 s each on a quiet machine): two one-epoch runs
+@pytest.mark.parametrize("defense", list(OTHER_DEFENSES))
+def test_every_training_mode_on_two_processes_matches_one(tmp_path, defense):
+    args = BASE + OTHER_DEFENSES[defense] + ["--epochs", "1"]
+    run(cli(*args, "--out", str(tmp_path / "one")))
+    run(torchrun(*args, "--out", str(tmp_path / "two")))
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+    one, two = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two"))
+    assert one["history"][0]["train_loss"] == pytest.approx(two["history"][0]["train_loss"], rel=1e-5)
+
+
 @pytest.mark.slow  # about 25 s: three runs
 def test_every_rank_resumes_from_the_checkpoint(tmp_path):
     # a constant learning rate, so that 1 epoch resumed to 2 (--force-resume) is 2 epochs

@@ -23,7 +23,8 @@ TINY = dict(dataset="digits", model="cnn-small", epochs=1, subset=100, batch_siz
 def test_the_default_identity_is_the_one_from_before_the_compute_settings():
     """fp32 runs keep their identity (and hash): only bf16 adds a key; channels-last and compile add none."""
     fields = set(TrainConfig.field_names())
-    assert set(TrainConfig().identity_dict()) == fields - {"root", "device", "precision", "channels_last", "compile"}
+    assert set(TrainConfig().identity_dict()) == fields - {"root", "device", "precision", "channels_last", "compile",
+                                                           "sync_batchnorm"}
     plain = config_hash(TrainConfig().identity_dict())
     assert config_hash(TrainConfig(channels_last=True, compile=True).identity_dict()) == plain
     assert TrainConfig(precision="bf16").identity_dict()["precision"] == "bf16"

@@ -22,11 +22,13 @@ from trustlab.training.defenses.erm import ERM
 from trustlab.training.optimizers import OPTIMIZERS, SCHEDULES
 from trustlab.validation import check_nonneg_float, check_positive_int
 
-__all__ = ["TrainConfig", "config_hash", "NOT_IDENTITY"]
+__all__ = ["TrainConfig", "config_hash", "NOT_IDENTITY", "ONLY_WHEN_SET"]
 
 # where the data and the compute are, and how the compute is laid out (float rounding only, like the device):
 # not part of what the run is. precision is, except fp32, left out so that older runs keep their identity.
 NOT_IDENTITY = ("root", "device", "channels_last", "compile")
+# options written into config.json, and so into the identity, only when set: older runs keep their hash
+ONLY_WHEN_SET = ("sync_batchnorm",)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16: the forward passes under bf16 autocast (trustlab.compute)
     channels_last: bool = False  # channels-last memory format for the model and its 4-D inputs
     compile: bool = False  # torch.compile the model
+    # under torchrun, BatchNorm on the global batch's statistics (torch.nn.SyncBatchNorm; GPUs only); a no-op on
+    # one process. Without it each rank normalizes with its own slice's statistics
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defense", build_defense(self.defense))
@@ -82,8 +87,9 @@ class TrainConfig:
             raise ValueError(f"defense {self.defense.name!r} computes certified bounds on the plain float32 "
                              f"model; precision {self.precision!r}, channels_last {self.channels_last} and "
                              f"compile {self.compile} are for defenses that only call the model (use the defaults)")
-        if not isinstance(self.keep_best, bool):
-            raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
+        for name in ("keep_best", "sync_batchnorm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.keep_best and self.defense.selection_metric is None:
             raise ValueError(f"keep_best selects by a validation metric, which defense {self.defense.name!r} does "
                              "not measure")
@@ -133,14 +139,16 @@ class TrainConfig:
         return cls.from_dict(migrate_legacy(values))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field, except those of :data:`ONLY_WHEN_SET` left at their default (false)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)
+             if f.name not in ONLY_WHEN_SET or getattr(self, f.name)}
         d["defense"] = self.defense.to_dict()
         d["p"] = "inf" if self.p == math.inf else self.p
         return d
 
     def identity_dict(self) -> dict[str, Any]:
-        """Every field that defines the run: all but the data root, the device, channels-last and compile, and
-        the precision only when it is not fp32 (:meth:`Compute.identity`)."""
+        """Every field that defines the run: all but the data root, the device, channels-last and compile, the
+        precision only when it is not fp32 (:meth:`Compute.identity`), and ``sync_batchnorm`` only when set."""
         values = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY and k != "precision"}
         return {**values, **self.compute.identity()}
 

@@ -49,11 +49,12 @@ from trustlab.runs.folder import (LOCK, MARKER, check_overwritable, is_run, read
                                     staging_folder, write_marker)
 from trustlab.seeding import derive_generator, derive_seed
 from trustlab.threat import LpBall
-from trustlab.training.config import TrainConfig, migrate_legacy
+from trustlab.training.config import ONLY_WHEN_SET, TrainConfig, migrate_legacy
 from trustlab.training.defenses import Defense, Objective, option_prefix
 from trustlab.training.loop import train_epoch
 from trustlab.training.optimizers import build_optimizer, build_scheduler
-from trustlab.training.sharded import ShardedBatches, data_parallel
+from trustlab.training.sharded import (ShardedBatches, check_sync_batchnorm, data_parallel, has_batchnorm,
+                                       sync_batchnorm)
 from trustlab.training.state import check_train_state, train_state
 
 __all__ = ["train_run", "identity_of", "resolve_train_config"]
@@ -246,6 +247,8 @@ def train_run(
                          f"({job.world_size}): each rank trains on batch_size / {job.world_size} examples of a batch")
     device = job.device(resolve_device(config.device))
     check_compute(config.compute, device)  # before the data is loaded
+    if config.sync_batchnorm:
+        check_sync_batchnorm(device, job.world_size)
     splits = make_splits(
         config.dataset, root=config.root, val_size=config.val_size, seed=config.seed, subset=config.subset
     )
@@ -256,6 +259,7 @@ def train_run(
     info = splits.info
     identity = identity_of(config, splits)
     model = build_model(config.model, in_shape=info.shape, num_classes=info.num_classes, seed=config.seed).to(device)
+    model = _batchnorm_across_ranks(model, config, device, job)
     with ExitStack() as stack:  # the run folder stays locked until the run is committed
         folder = _open_out(out, resume=resume, overwrite=overwrite, writer=writer, stack=stack)
         if folder != out:
@@ -266,6 +270,19 @@ def train_run(
         if folder != out:
             writer.call(replace_run, out, folder)
     return job.broadcast_object(summary)
+
+
+def _batchnorm_across_ranks(model, config: TrainConfig, device: torch.device, job: Distributed):
+    """``model`` with SyncBatchNorm where ``config`` asks for it and there are several processes; else ``model``,
+    with a warning (rank 0, once per run) when its BatchNorm layers will see per-rank statistics."""
+    if config.sync_batchnorm:
+        return sync_batchnorm(model, device, job.world_size)
+    if job.enabled and job.is_main and has_batchnorm(model):
+        log.warning("%s has BatchNorm layers: each of the %d processes normalizes with the statistics of its own "
+                    "%d examples of a batch, so this run differs from a one-process run (on a GPU, "
+                    "--sync-batchnorm uses the global batch's)", config.model, job.world_size,
+                    config.batch_size // job.world_size)
+    return model
 
 
 def _train_in(out: Path, config: TrainConfig, model, splits: Splits, *, device: torch.device,
@@ -386,7 +403,9 @@ def _record_resume(out: Path, config: TrainConfig, identity: dict[str, Any], epo
     new device or data root) writes the new config and identity, and lists what changed at which epoch."""
     saved = read_json(out / "config.json")
     # a run from before the compute settings existed computed with their defaults
-    old, new = {**Compute().to_dict(), **saved.get("config", {})}, config.to_dict()
+    # and one without the options written only when set (ONLY_WHEN_SET) left them at their defaults
+    defaults = {**Compute().to_dict(), **{k: False for k in ONLY_WHEN_SET}}
+    old, new = {**defaults, **saved.get("config", {})}, {**defaults, **config.to_dict()}
     if old == new and saved.get("identity") == identity:
         return
     changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}

@@ -13,6 +13,10 @@ rounding in the gradient all-reduce):
   eval mode, where every defense runs its attack (and certified defenses their bounds), the wrapper calls the
   underlying module, so the attack's forward and ``autograd.grad`` passes never reach DDP's gradient reducer
   and the ranks need not run the same number of them.
+- BatchNorm: under DDP each rank normalizes its slice with the slice's own statistics, so a model with BatchNorm
+  does not take one process's steps. :func:`sync_batchnorm` (the ``sync_batchnorm`` option) converts its layers to
+  :class:`torch.nn.SyncBatchNorm`, which normalizes with the global batch's statistics, but only on GPU-like
+  devices: :func:`check_sync_batchnorm` refuses the CPU (gloo) before anything runs.
 
 The loop (:func:`trustlab.training.loop.train_epoch`) binds each batch's objective to a
 :class:`~trustlab.threat.ShardedBall`, so random starts and noise are the rows of the global batch's draws.
@@ -30,9 +34,13 @@ from trustlab.distributed import Distributed, shard_bounds
 from trustlab.progress import progress_bar
 from trustlab.seeding import derive_seed
 
-__all__ = ["ShardBatch", "ShardedBatches", "data_parallel", "SHUFFLE_KEY"]
+__all__ = ["ShardBatch", "ShardedBatches", "data_parallel", "SHUFFLE_KEY", "SYNC_BATCHNORM_DEVICES",
+           "has_batchnorm", "check_sync_batchnorm", "sync_batchnorm"]
 
 SHUFFLE_KEY = 0  # the training order's stream: derive_seed(seed, epoch, 0), as in train_run
+# the device types on which torch.nn.SyncBatchNorm's training forward synchronizes (it raises on any other once a
+# process group exists: torch/nn/modules/batchnorm.py, SyncBatchNorm.forward, torch 2.x)
+SYNC_BATCHNORM_DEVICES = ("cuda", "xpu", "hpu")
 
 
 class ShardBatch(NamedTuple):
@@ -112,3 +120,39 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     optimizer and checkpoints keep using ``model``. Rank 0's weights are broadcast to every rank here."""
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return _TrainForward(nn.parallel.DistributedDataParallel(model, device_ids=ids))
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a BatchNorm layer (of any dimension, SyncBatchNorm included)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_sync_batchnorm(device: torch.device, world_size: int) -> None:
+    """Refuse ``sync_batchnorm`` on ``world_size`` > 1 processes on a device where SyncBatchNorm cannot sync.
+
+    Raises:
+        ValueError: more than one process on a device type not in :data:`SYNC_BATCHNORM_DEVICES` (the CPU).
+    """
+    device = torch.device(device)
+    if world_size > 1 and device.type not in SYNC_BATCHNORM_DEVICES:
+        raise ValueError(f"sync_batchnorm on {world_size} processes needs a GPU: torch.nn.SyncBatchNorm "
+                         f"synchronizes batch statistics only on {list(SYNC_BATCHNORM_DEVICES)} devices, and this "
+                         f"run's device is {str(device)!r}; drop --sync-batchnorm (each rank then normalizes with "
+                         "its own slice's statistics) or train on cuda")
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """``model`` with its BatchNorm layers converted to :class:`torch.nn.SyncBatchNorm` for a ``world_size``-process
+    job on ``device``; ``model`` itself on one process (where batch statistics are the global batch's already).
+
+    The conversion keeps the parameter and buffer objects (an optimizer over ``model.parameters()`` still trains
+    them) and the ``state_dict`` keys, so checkpoints load into the plain registry model. SyncBatchNorm only
+    synchronizes in training mode; in eval mode (attacks, bounds) it uses the running statistics, as BatchNorm.
+
+    Raises:
+        ValueError: as :func:`check_sync_batchnorm`.
+    """
+    check_sync_batchnorm(device, world_size)
+    if world_size == 1:
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

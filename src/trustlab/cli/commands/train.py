@@ -44,14 +44,17 @@ def run(args: argparse.Namespace) -> int:
     from trustlab.cli.config import load_toml
     from trustlab.compute import check_compute
     from trustlab.device import resolve_device
-    from trustlab.distributed import distributed
+    from trustlab.distributed import distributed, from_env
     from trustlab.training import DEFENSES, TrainConfig, resolve_train_config, train_run
     from trustlab.training.defenses import option_prefix
+    from trustlab.training.sharded import check_sync_batchnorm
 
     names = TrainConfig.field_names() + [option_prefix(n) + f.name for n, c in DEFENSES.items() for f in fields(c)]
     options = {**(load_toml(args.config, section="train") if args.config else {}), **given(args, names)}
     config = resolve_train_config(Path(args.out), options, resume=args.resume)
     check_compute(config.compute, resolve_device(config.device))  # bf16 or compile where unsupported: one line
+    if config.sync_batchnorm:  # before the processes connect, so that each fails at once with the reason
+        check_sync_batchnorm(resolve_device(config.device), from_env().world_size)
     with distributed(resolve_device(config.device)) as job:  # one process: no process group
         summary = train_run(config, Path(args.out), resume=args.resume, overwrite=args.overwrite,
                             force_resume=args.force_resume, progress=not args.quiet, job=job)
