@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from torchrun_helpers import cli, run, torchrun
-from trustlab.evaluation.smoothing_run import EXAMPLES_PER_GROUP
+from trustlab.evaluation.smoothing_run import EXAMPLES_PER_GROUP, smoothing_run
 from trustlab.runs import read_records
+from trustlab.smoothing import SmoothedClassifier
 from trustlab.training import TrainConfig, train_run
 
 N_EXAMPLES = 250  # groups of 100, 100 and 50: rank 0 smooths two, rank 1 one (the short last one)
@@ -77,3 +78,37 @@ def test_one_process_under_torchrun_is_the_single_process_run(trained, tmp_path)
     run(cli(*CERTIFY[:2], str(one), *CERTIFY[2:]))
     run(torchrun(*CERTIFY[:2], str(under), *CERTIFY[2:], nproc=1))
     _compare(one, under, processes=1)
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL in the middle of a group (BaseException: nothing may catch it)."""
+
+
+@pytest.mark.slow  # about 20 s
+def test_two_processes_resume_the_smoothing_journal_of_a_killed_one(trained, tmp_path, monkeypatch):
+    whole, killed = _copy(trained, tmp_path / "whole"), _copy(trained, tmp_path / "killed")
+    for folder in (whole, killed):
+        shutil.rmtree(folder / "smoothing", ignore_errors=True)
+    run(cli(*CERTIFY[:2], str(whole), *CERTIFY[2:]))
+    real, calls = SmoothedClassifier.certify, {"n": 0}
+
+    def dies_in_second_group(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Killed
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(SmoothedClassifier, "certify", dies_in_second_group)
+    with pytest.raises(_Killed):
+        smoothing_run(killed, "certify", sigma=0.25, n0=10, n=40, alpha=0.01, subset=N_EXAMPLES, batch_size=300,
+                      seed=3, device="cpu")
+    (journal,) = (killed / "smoothing").iterdir()
+    assert journal.name.startswith(".certify-") and journal.name.endswith(".partial")
+    run(torchrun(*CERTIFY[:2], str(killed), *CERTIFY[2:]))  # groups 1 and 2, one on each rank
+    (a,), (b,) = (whole / "smoothing").iterdir(), (killed / "smoothing").iterdir()
+    assert a.name == b.name
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read_records(b / "records.jsonl")) == strip(read_records(a / "records.jsonl"))
+    s1, s2 = (json.loads((f / "summary.json").read_text()) for f in (a, b))
+    assert s2.pop("resumed_groups") == 1
+    assert {k: v for k, v in s1.items() if k not in TIMES} == {k: v for k, v in s2.items() if k not in TIMES}

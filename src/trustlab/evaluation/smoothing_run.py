@@ -15,10 +15,16 @@ from ``derive_generator(seed, j)``, and an example's ``seconds`` is its group's 
 ``prediction`` is ``-1`` (:data:`~trustlab.smoothing.ABSTAIN`) on abstention; ``correct`` is ``prediction == y``,
 so abstentions count as incorrect (RS-10).
 
+A killed evaluation resumes: each finished group's records are journaled in ``RUN/smoothing/.<id>.partial/``
+(:mod:`trustlab.evaluation.journal`), and the same command (the same configuration on the same checkpoint) goes on
+from the next group. Since group ``j`` draws from its own generator, the committed records are those of an
+uninterrupted run but for their ``seconds``; the summary's ``seconds`` adds the journaled groups' time and
+``resumed_groups`` counts them. A journal of another configuration, checkpoint or group size is discarded.
+
 Under torchrun the ranks take the groups in turn (rank ``r`` smooths groups ``r, r + W, ...``) and rank 0 gathers
-them and writes the one folder. Since each group's generator is keyed by the group, not by the rank or by what
-ran before, the records are a single process's with the same seed (their ``seconds`` aside); a job has work for
-at most ``ceil(N / EXAMPLES_PER_GROUP)`` ranks.
+them, journals them in order and writes the one folder. Since each group's generator is keyed by the group, not by
+the rank or by what ran before, the records are a single process's with the same seed (their ``seconds`` aside);
+a job has work for at most ``ceil(N / EXAMPLES_PER_GROUP)`` ranks.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from trustlab.device import resolve_device, runtime_info
 from trustlab.distributed import SINGLE, Distributed
 from trustlab.evaluation.record_set import (check_run, check_subset, commit_record_set, committed_summary,
                                             evaluation_examples)
+from trustlab.evaluation.journal import BatchJournal, partial_folder
 from trustlab.evaluation.sharding import run_sharded
 from trustlab.reports.kinds.smoothing import REPORT_RADII, average_certified_radius, certified_accuracy
 from trustlab.runs import config_hash, versions
@@ -79,9 +86,11 @@ def smoothing_id(config: dict[str, Any]) -> str:
 
 
 def _rows(smoothed: SmoothedClassifier, x: torch.Tensor, y: torch.Tensor, config: dict[str, Any], *,
-          batch_size: int, progress: bool, job: Distributed = SINGLE) -> list[dict[str, Any]]:
+          batch_size: int, progress: bool, journal: BatchJournal | None = None,
+          job: Distributed = SINGLE) -> list[dict[str, Any]]:
     """The records of every group, in order, on rank 0 (none on the other ranks); group ``j`` draws from
-    ``derive_generator(seed, j)`` whichever rank smooths it."""
+    ``derive_generator(seed, j)`` whichever rank smooths it. The groups ``journal`` (rank 0's) holds are taken
+    from it, the others are smoothed and journaled as they finish."""
     def smooth_group(j: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         start = j * EXAMPLES_PER_GROUP
         xs, ys = x[start:start + EXAMPLES_PER_GROUP], y[start:start + EXAMPLES_PER_GROUP].tolist()
@@ -100,9 +109,10 @@ def _rows(smoothed: SmoothedClassifier, x: torch.Tensor, y: torch.Tensor, config
                 for i, (label, pred, more) in enumerate(zip(ys, out.prediction.tolist(), extra))]
         return {}, {"rows": rows}
 
-    groups = range(-(-len(x) // EXAMPLES_PER_GROUP))
-    done = run_sharded(groups, smooth_group, job=job, progress=progress, desc=f"smooth {config['mode']}",
-                       unit="group")
+    done = journal.resume() if journal is not None else []  # each group has its own generator: no state
+    start = job.broadcast_object(len(done))
+    done += run_sharded(range(start, -(-len(x) // EXAMPLES_PER_GROUP)), smooth_group, journal=journal, job=job,
+                        progress=progress, desc=f"smooth {config['mode']}", unit="group")
     return [r for _, extra in done for r in extra["rows"]]
 
 
@@ -129,8 +139,11 @@ def smoothing_run(run_dir: Path, mode: str, *, sigma: float, n: int, alpha: floa
         reuse: return a committed evaluation with exactly this configuration on the same checkpoint as is.
         progress: show a progress bar over example groups.
         job: this process's place in a torchrun job (:data:`~trustlab.distributed.SINGLE` for one process): every
-            rank smooths its share of the groups, rank 0 alone locks the run and commits, every rank returns the
-            summary.
+            rank smooths its share of the groups, rank 0 alone locks the run, journals, resumes and commits, every
+            rank returns the summary.
+
+    A killed evaluation resumes: finished groups are journaled in ``RUN/smoothing/.<id>.partial/`` and the same
+    call goes on from the next one (:mod:`trustlab.evaluation.journal`).
 
     Returns:
         The summary (see the module docstring).
@@ -165,15 +178,24 @@ def smoothing_run(run_dir: Path, mode: str, *, sigma: float, n: int, alpha: floa
         smoothed = SmoothedClassifier(model, num_classes, identity["sigma"], noise=identity["noise"])
         log.info("smooth %s (%s sigma=%g) on %d test examples of %s (%s%s)", mode, identity["noise"],
                  identity["sigma"], len(x), run_dir, dev, f", {job.world_size} processes" if job.enabled else "")
+        # the group size is no part of the id (it is fixed in code) but shapes every group's draws: a journal
+        # written with another one must not be resumed
+        journal = (BatchJournal(partial_folder(out), {**identity, "examples_per_group": EXAMPLES_PER_GROUP},
+                                checkpoint) if job.is_main else None)
         t0 = time.perf_counter()
-        records = _rows(smoothed, x, y.cpu(), identity, batch_size=batch_size, progress=progress, job=job)
+        records = _rows(smoothed, x, y.cpu(), identity, batch_size=batch_size, progress=progress, journal=journal,
+                        job=job)
         summary = None
         if job.is_main:
-            summary = _summary(identity, records, time.perf_counter() - t0, ckpt_dir.name, checkpoint["sha256"])
+            summary = _summary(identity, records, time.perf_counter() - t0 + journal.resumed_seconds, ckpt_dir.name,
+                               checkpoint["sha256"])
+            if journal.resumed_batches:
+                summary["resumed_groups"] = journal.resumed_batches  # groups a killed earlier process had finished
             runtime = {**runtime_info(dev), **({"processes": job.world_size} if job.enabled else {})}
             config = {**identity, "batch_size": batch_size, "examples_per_group": EXAMPLES_PER_GROUP,
                       "checkpoint": checkpoint, "run": str(run_dir), "runtime": runtime, "versions": versions()}
             commit_record_set(out, {"config.json": config, "records.jsonl": records, "summary.json": summary})
+            journal.clear()
     return job.broadcast_object(summary)
 
 

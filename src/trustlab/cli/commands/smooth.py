@@ -7,7 +7,8 @@ pA_lower, radius, correct, seconds) into ``RUN/smoothing/<id>/``, committed in o
 printed table gives certified accuracy at radii 0, 0.5, 1.0, 1.5, 2.0, the average certified radius and the
 abstention rate; ``trustlab report`` draws certified accuracy against the radius. Under ``torchrun
 --nproc_per_node=N`` the ranks share out the groups of examples and rank 0 commits the records one process writes
-(but for their times) and prints.
+(but for their times) and prints. A killed evaluation resumes from its journal (``RUN/smoothing/.<id>.partial/``,
+one entry per finished group) when the same command is run again.
 """
 
 from __future__ import annotations
