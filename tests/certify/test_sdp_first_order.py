@@ -22,6 +22,8 @@ from trustlab.certify import sdp_fo
 from trustlab.certify.network import prepare
 from trustlab.certify.sdp import SDPRelaxation
 
+from test_sdp import NEAR_TIE, ROBUST, X_TIE, Y_TIE, hand_net
+
 FO = SDP(solver=sdp_module.FIRST_ORDER, steps=200)
 CONIC_TOL = 1e-5  # Clarabel's value is within its tolerances (1e-6) of the optimum, times the scale
 TOL_ABS, TOL_REL = 1e-4, 1e-5  # float32 slack of a bound over a sampled value (conftest's CERT-01 TOL_BOUND)
@@ -252,20 +254,6 @@ def test_within_the_stated_gap_of_the_conic_optimum_after_the_default_steps(seed
     assert bool((b.upper.double() <= upper + GAP * (1 + upper.abs())).all()), (b.upper - upper).max()
 
 
-def hand_net(out_weight: list[list[float]], out_bias: list[float]) -> nn.Module:
-    """2 inputs, ReLUs of ``x_1 - x_2`` and ``x_2 - x_1`` (both unstable around x_1 = x_2), a given last layer."""
-    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
-        model[0].bias.zero_()
-        model[2].weight.copy_(torch.tensor(out_weight))
-        model[2].bias.copy_(torch.tensor(out_bias))
-    return model.eval()
-
-
-X_TIE, Y_TIE = torch.tensor([[0.5, 0.5]]), torch.tensor([0])
-ROBUST = ([[1.0, 1.0], [0.0, 0.0]], [1.0, 0.0])  # f_0 - f_1 = |x_1 - x_2| + 1 >= 1
-NEAR_TIE = ([[1.0, 0.0], [0.0, 0.0]], [1e-9, 0.0])  # f_0 - f_1 = relu(x_1 - x_2) + 1e-9, minimum 1e-9
 
 
 def test_cert09_dual_status_certifies_only_a_bound_above_margin_tol(monkeypatch):
