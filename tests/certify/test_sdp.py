@@ -24,16 +24,17 @@ TOL_EXACT = 1e-4  # eps = 0: the SDP is exact; its value is within the solver's 
 SEEDS = range(6)
 
 
-def one_hidden(seed: int) -> tuple[nn.Module, torch.Tensor]:
-    """A random ``Linear, ReLU, Linear`` and 3 inputs in [0, 1]."""
-    gen = torch.Generator().manual_seed(2000 + seed)
-    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
-    d, h, k = pick(2, 6), pick(2, 8), pick(2, 4)
+def one_hidden(seed: int, *, n: int = 3, sizes: tuple[tuple[int, int], ...] = ((2, 6), (2, 8), (2, 4)),
+               base: int = 2000) -> tuple[nn.Module, torch.Tensor]:
+    """A random ``Linear, ReLU, Linear`` (inputs, hidden units and classes drawn from ``sizes``, seeded by
+    ``base + seed``) and ``n`` inputs in [0, 1]."""
+    gen = torch.Generator().manual_seed(base + seed)
+    d, h, k = (int(torch.randint(lo, hi + 1, (1,), generator=gen)) for lo, hi in sizes)
     model = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, k))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen))
-    return model.eval(), torch.rand(3, d, generator=gen)
+    return model.eval(), torch.rand(n, d, generator=gen)
 
 
 def hand_net(out_weight: list[list[float]], out_bias: list[float]) -> nn.Module:

@@ -22,6 +22,7 @@ from trustlab.certify import sdp_fo
 from trustlab.certify.network import prepare
 from trustlab.certify.sdp import SDPRelaxation
 
+import test_sdp as sdp_nets
 from test_sdp import NEAR_TIE, ROBUST, X_TIE, Y_TIE, hand_net
 
 FO = SDP(solver=sdp_module.FIRST_ORDER, steps=200)
@@ -32,14 +33,7 @@ GAP = 0.01  # after the default 1000 steps the bound is within GAP * (1 + |optim
 
 def one_hidden(seed: int, *, n: int = 2) -> tuple[nn.Module, torch.Tensor]:
     """A random ``Linear, ReLU, Linear`` with 8-20 inputs and ``n`` inputs in [0, 1]."""
-    gen = torch.Generator().manual_seed(5000 + seed)
-    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
-    d, h, k = pick(8, 20), pick(6, 16), pick(3, 4)
-    model = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, k))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen))
-    return model.eval(), torch.rand(n, d, generator=gen)
+    return sdp_nets.one_hidden(seed, n=n, sizes=((8, 20), (6, 16), (3, 4)), base=5000)
 
 
 def margins(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
