@@ -66,9 +66,10 @@ def smollm2_setup() -> dict[str, Any]:
     t0 = time.perf_counter()
     model, tokenizer = load_hf_model(folder, gguf_file=name)
     print(f"loaded SmolLM2-135M-Instruct ({name}) in {time.perf_counter() - t0:.1f} s")
-    suffix = torch.tensor(tokenizer(DEFAULT_SUFFIX, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    return {"model": model, "goal": chat_goal(tokenizer, GOAL, TARGET, system_prompt=SYSTEM), "suffix": suffix,
-            "allowed": ascii_token_mask(tokenizer), "filter": retokenizes_to_itself(tokenizer),
+    suffix = torch.tensor(tokenizer(" " + DEFAULT_SUFFIX, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    goal = chat_goal(tokenizer, GOAL, TARGET, system_prompt=SYSTEM)
+    return {"model": model, "goal": goal, "suffix": suffix,
+            "allowed": ascii_token_mask(tokenizer), "filter": retokenizes_to_itself(tokenizer, [goal]),
             "name": "SmolLM2-135M-Instruct"}
 
 
