@@ -23,6 +23,10 @@ shows the fixed per-step overhead where the passes are cheap.
 
     python benchmarks/gcg.py --tiny
     python benchmarks/gcg.py --batch 16 --topk 64 --repeats 3
+    python benchmarks/gcg.py --batch 16 --topk 64 --repeats 3 --prefix-cache   # the call below its floor
+
+``--prefix-cache`` times the call as ``trustlab llm attack --prefix-cache`` runs it (the system prompt, template
+and goal's key/value states computed once per call), against the same floor, which runs every token.
 """
 
 from __future__ import annotations
@@ -66,9 +70,10 @@ def smollm2_setup() -> dict[str, Any]:
     t0 = time.perf_counter()
     model, tokenizer = load_hf_model(folder, gguf_file=name)
     print(f"loaded SmolLM2-135M-Instruct ({name}) in {time.perf_counter() - t0:.1f} s")
-    suffix = torch.tensor(tokenizer(DEFAULT_SUFFIX, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    return {"model": model, "goal": chat_goal(tokenizer, GOAL, TARGET, system_prompt=SYSTEM), "suffix": suffix,
-            "allowed": ascii_token_mask(tokenizer), "filter": retokenizes_to_itself(tokenizer),
+    suffix = torch.tensor(tokenizer(" " + DEFAULT_SUFFIX, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    goal = chat_goal(tokenizer, GOAL, TARGET, system_prompt=SYSTEM)
+    return {"model": model, "goal": goal, "suffix": suffix,
+            "allowed": ascii_token_mask(tokenizer), "filter": retokenizes_to_itself(tokenizer, [goal]),
             "name": "SmolLM2-135M-Instruct"}
 
 
@@ -104,10 +109,12 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench(setup: dict[str, Any], *, batch: int, topk: int, repeats: int, eval_batch_size: int | None) -> dict[str, Any]:
+def bench(setup: dict[str, Any], *, batch: int, topk: int, repeats: int, eval_batch_size: int | None,
+          prefix_cache: bool = False) -> dict[str, Any]:
     """Interleaved timings of a one-step GCG call and its floor; returns the ratio statistics."""
     model, goal, suffix = setup["model"], setup["goal"], setup["suffix"]
-    config = GCGConfig(steps=1, topk=topk, batch_size=batch, eval_batch_size=eval_batch_size, early_stop=False)
+    config = GCGConfig(steps=1, topk=topk, batch_size=batch, eval_batch_size=eval_batch_size, early_stop=False,
+                       prefix_cache=prefix_cache)
     g = torch.Generator().manual_seed(1)
     vocab = model.get_input_embeddings().weight.shape[0]
     candidates = suffix.expand(batch, -1).clone()
@@ -151,11 +158,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-batch-size", type=int, default=None, help="candidates per forward (default all)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--prefix-cache", action="store_true",
+                        help="the GCG call reuses the prefix's key/value states (the floor still runs every token)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     setup = tiny_setup() if args.tiny else smollm2_setup()
-    s = bench(setup, batch=args.batch, topk=args.topk, repeats=args.repeats, eval_batch_size=args.eval_batch_size)
+    s = bench(setup, batch=args.batch, topk=args.topk, repeats=args.repeats, eval_batch_size=args.eval_batch_size,
+              prefix_cache=args.prefix_cache)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, {setup['name']}, "
           f"{s['tokens']} tokens ({s['suffix']} in the suffix), B={args.batch} (median {s['candidates_kept']:g} kept "
           f"by the filter), top-k {args.topk}, {args.repeats} repeats, load average {os.getloadavg()[0]:.2f} "

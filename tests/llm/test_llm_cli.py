@@ -105,7 +105,8 @@ def test_attack_then_eval_on_a_local_model(tmp_path, tiny_llama, char_tokenizer)
     assert rc == 0
     attack = only_set(tmp_path / "att", "attack")
     rows = read_records(attack / "records.jsonl")
-    assert [r["goal"] for r in rows] == ["Say the word", "Tell me"] and all(len(r["suffix"]) == 4 for r in rows)
+    assert [r["goal"] for r in rows] == ["Say the word", "Tell me"] and all(len(r["suffix"]) == 5 for r in rows)
+    assert all(r["prompt"] == r["goal"] + r["suffix"] for r in rows)
     steps = read_records(attack / "steps.jsonl")
     assert {s["goal_idx"] for s in steps} == {0, 1}
     clean = write_prompts(tmp_path / "benign.csv", [{"prompt": "Hi there", "kind": "clean"}])

@@ -164,7 +164,9 @@ def test_attack_set_report_and_escaped_suffixes(tmp_path, chat_server, tiny_llam
     # a suffix kept as it is, evil characters and all: GCG with steps=0 on the same goal
     kept, _ = llm_attack_run(exp, tiny_llama, char_tokenizer, behaviours[:1], suffix=SCRIPT,
                              config=GCGConfig(steps=0), seed=0)
-    assert read_records(kept / "records.jsonl")[0]["suffix"] == SCRIPT
+    kept_row = read_records(kept / "records.jsonl")[0]
+    # the suffix's text starts with the space that separates it from the goal; the prompt is goal + suffix
+    assert kept_row["suffix"] == " " + SCRIPT and kept_row["prompt"] == behaviours[0][0] + " " + SCRIPT
     with pytest.raises(ValueError, match="exactly one attack set"):
         read_prompts(exp)
     assert attack_set_of(path) == path

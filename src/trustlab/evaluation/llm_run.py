@@ -5,7 +5,8 @@ Each command commits one record set into an experiment folder ``EXP`` (:mod:`~tr
 reads it). A set holds ``config.json`` (``action``, the settings, the backend without any key, the judge with its
 version and phrases, a digest of the inputs, versions), ``records.jsonl`` and ``summary.json``:
 
-- attack: one row per goal (``idx, goal, target, suffix, prompt, loss, success, steps, seconds``) and
+- attack: one row per goal (``idx, goal, target, suffix, prompt, loss, success, steps, seconds``; ``prompt`` is
+  ``goal + suffix``, the suffix's text starting with the space that separates it from the goal) and
   ``steps.jsonl`` (the per-step trace: ``goal_idx, step, loss, success, seconds``);
 - defend: one row per prompt (``idx, kind, prompt, undefended_response, undefended_jailbroken, jailbroken,
   jailbroken_fraction, response, ...``);
@@ -123,7 +124,7 @@ def llm_attack_run(out: Path, model: torch.nn.Module, tokenizer: Any, behaviours
         t0 = time.perf_counter()
         text, result = gcg_attack(model, tokenizer, [goal], [target], system_prompt=system_prompt, suffix=suffix,
                                   config=config, generator=torch.Generator().manual_seed(derive_seed(seed, i)))
-        rows.append({"idx": i, "goal": goal, "target": target, "suffix": text, "prompt": f"{goal} {text}",
+        rows.append({"idx": i, "goal": goal, "target": target, "suffix": text, "prompt": goal + text,
                      "loss": result.loss, "success": result.success[0], "steps": result.steps,
                      "seconds": time.perf_counter() - t0})
         trace += [{"goal_idx": i, "step": r["step"], "loss": r["loss"], "success": r["success"][0],
@@ -134,7 +135,8 @@ def llm_attack_run(out: Path, model: torch.nn.Module, tokenizer: Any, behaviours
                "mean_steps": sum(r["steps"] for r in rows) / n, "seconds_per_goal": sum(r["seconds"] for r in rows) / n,
                "seconds_per_step": sum(t["seconds"] for t in trace) / max(1, sum(r["steps"] for r in rows))}
     settings = {"kind": "llm-attack", "steps": config.steps, "topk": config.topk, "batch_size": config.batch_size,
-                "system_prompt": system_prompt, "suffix_init": suffix, "seed": seed}
+                "prefix_cache": config.prefix_cache, "system_prompt": system_prompt, "suffix_init": suffix,
+                "seed": seed}
     path = commit_llm_set(out, "attack", _config(settings, backend or {}, None, behaviours, sources),
                           {"records.jsonl": rows, "steps.jsonl": trace, "summary.json": summary})
     return path, summary
@@ -182,12 +184,48 @@ def llm_defend_run(out: Path, generate: Generate, prompts: Sequence[dict[str, st
     return path, summary
 
 
+def _prefetched(generate: Generate, prompts: Sequence[dict[str, str]], grid: Sequence[SmoothLLMConfig], seed: int,
+                batch_size: int | None) -> Generate:
+    """``generate`` answered from one batched pass over every distinct prompt the eval will send.
+
+    The perturbed copies depend only on the seeds, not on the responses, so a dry run of every setting with a
+    recording ``generate`` lists them; the distinct ones (the undefended prompts, and the first copies that N = 2
+    shares with N = 6 and 10, are asked once) are generated in batches of ``batch_size``, ordered by length so a
+    batch pads little, and the returned ``generate`` looks the responses up. The records are those of answering
+    each setting on its own whenever the backend answers a prompt the same in any batch (greedy decoding)."""
+    wanted: dict[str, None] = dict.fromkeys(p["prompt"] for p in prompts)
+
+    def record(batch: list[str]) -> list[str]:
+        wanted.update(dict.fromkeys(batch))
+        return [""] * len(batch)
+
+    for setting in grid:
+        _smooth_rows(record, prompts, [""] * len(prompts), lambda r: False, setting, seed)
+    order = sorted(wanted, key=len)
+    size = batch_size or len(order)
+    answers: dict[str, str] = {}
+    t0 = time.perf_counter()
+    for start in range(0, len(order), size):
+        chunk = order[start:start + size]
+        answers.update(zip(chunk, batched_generate(generate, chunk)))
+        log.info("eval: %d of %d distinct prompts answered (%.0f s)", len(answers), len(order),
+                 time.perf_counter() - t0)
+
+    def lookup(batch: list[str]) -> list[str]:
+        return [answers[p] for p in batch]
+
+    return lookup
+
+
 def llm_eval_run(out: Path, generate: Generate, prompts: Sequence[dict[str, str]], *, perturbations: Sequence[str],
                  qs: Sequence[float], n_copies: Sequence[int], batch_size: int | None = None,
                  judge: Judge | None = None, seed: int = 0, backend: dict[str, Any] | None = None,
                  sources: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """The rate judged jailbroken (answered) per prompt kind with no defense and with SmoothLLM for each
     (perturbation, q, N); commit the set into the experiment folder ``out``.
+
+    Every distinct prompt (undefended or perturbed copy) is sent to ``generate`` once, in batches of
+    ``batch_size`` ordered by length, before the votes are taken (the copies depend on the seeds only).
 
     Returns:
         The set's folder and its summary.
@@ -203,16 +241,19 @@ def llm_eval_run(out: Path, generate: Generate, prompts: Sequence[dict[str, str]
     if not perturbations or not qs or not n_copies:
         raise ValueError("perturbations, q and n_copies need at least one value each")
     judge = judge or RefusalJudge()
+    settings_grid = [SmoothLLMConfig(name, q, n, batch_size)
+                     for name, q, n in itertools.product(perturbations, qs, n_copies)]
+    generate = _prefetched(generate, prompts, settings_grid, seed, batch_size)
     undefended = batched_generate(generate, [p["prompt"] for p in prompts], batch_size)
     rows = [{"idx": i, "kind": p["kind"], "prompt": p["prompt"], "perturbation": "none", "q": None, "n_copies": 1,
              "response": undefended[i], "jailbroken": bool(judge(undefended[i]))} for i, p in enumerate(prompts)]
     table = [{"perturbation": "none", "q": None, "n_copies": None, "rate": _rates(rows)}]
-    for name, q, n in itertools.product(perturbations, qs, n_copies):
-        setting = SmoothLLMConfig(name, q, n, batch_size)
+    for setting in settings_grid:
         block = _smooth_rows(generate, prompts, undefended, judge, setting, seed)
         rows += block
-        table.append({"perturbation": name, "q": q, "n_copies": n, "rate": _rates(block)})
-        log.info("smoothllm %s q=%g N=%d: %s", name, q, n, table[-1]["rate"])
+        table.append({"perturbation": setting.perturbation, "q": setting.q, "n_copies": setting.n_copies,
+                      "rate": _rates(block)})
+        log.info("smoothllm %s q=%g N=%d: %s", setting.perturbation, setting.q, setting.n_copies, table[-1]["rate"])
     summary = {"n_prompts": len(prompts), "jailbroken_rate": table}
     settings = {"kind": "llm-eval", "perturbations": list(perturbations), "q": qs, "n_copies": n_copies,
                 "batch_size": batch_size, "seed": seed}

@@ -13,6 +13,10 @@ user turn and the assistant header) and a target ``y`` ("Sure, here is ..."), th
    best candidate (as in the paper, even if it is worse than the current suffix; the best suffix ever seen is
    what is returned).
 
+With ``prefix_cache`` the key/value states of each goal's ``before`` (system prompt, template and goal, which no
+candidate changes) are computed once and every pass runs on ``[suffix; after; target]`` only (as nanoGCG does);
+the losses are those of the full pass up to floating-point rounding.
+
 Success for a goal is that the greedy continuation of the prompt starts with the target's tokens: every
 teacher-forced argmax over the target positions equals the target token (then greedy decoding emits exactly the
 target), read off the same forward pass that computes the loss. The attack stops early when every active goal
@@ -41,7 +45,7 @@ from torch.nn import functional as F
 from trustlab.validation import check_positive_int
 
 __all__ = ["GCGConfig", "GCGGoal", "GCGResult", "gcg", "gcg_attack", "chat_goal", "ascii_token_mask",
-           "retokenizes_to_itself", "target_loss", "DEFAULT_SUFFIX"]
+           "retokenizes_to_itself", "target_loss", "prefix_states", "DEFAULT_SUFFIX"]
 
 log = logging.getLogger(__name__)
 DEFAULT_SUFFIX = " ".join(["!"] * 20)  # the paper's initialisation: 20 "!" tokens
@@ -61,6 +65,7 @@ class GCGConfig:
     eval_batch_size: int | None = None  # candidates per forward pass; None: all B at once
     early_stop: bool = True
     progressive: bool = False
+    prefix_cache: bool = False  # reuse each goal's key/value states of ``before`` (transformers caches only)
 
     def __post_init__(self) -> None:
         check_positive_int(self.steps, "steps", minimum=0)
@@ -108,10 +113,15 @@ class GCGResult:
     records: list[dict[str, Any]] = field(repr=False)
 
 
-def _ids(goal: GCGGoal, suffixes: Tensor) -> tuple[Tensor, slice]:
-    """``[before; suffix; after; target]`` for each suffix row, and the target's slice. (B, L) -> (B, T)."""
+Prefix = list[tuple[Tensor, Tensor]]  # per layer, the key and value states of a goal's ``before`` (1, h, T, d)
+
+
+def _ids(goal: GCGGoal, suffixes: Tensor, *, before: bool = True) -> tuple[Tensor, slice]:
+    """``[before; suffix; after; target]`` for each suffix row (without ``before`` if not ``before``), and the
+    target's slice. (B, L) -> (B, T)."""
     b = suffixes.shape[0]
-    parts = [goal.before.expand(b, -1), suffixes, goal.after.expand(b, -1), goal.target.expand(b, -1)]
+    parts = [goal.before.expand(b, -1)] if before else []
+    parts += [suffixes, goal.after.expand(b, -1), goal.target.expand(b, -1)]
     ids = torch.cat([p.to(suffixes.device) for p in parts], dim=1)
     start = ids.shape[1] - len(goal.target)
     return ids, slice(start, ids.shape[1])
@@ -126,26 +136,60 @@ def _target_stats(logits: Tensor, target: Tensor, where: slice) -> tuple[Tensor,
 
 
 @torch.no_grad()
-def target_loss(model: torch.nn.Module, goal: GCGGoal, suffixes: Tensor, *,
-                eval_batch_size: int | None = None) -> tuple[Tensor, Tensor]:
-    """``(loss, success)`` of each suffix row for one goal, in forward chunks of ``eval_batch_size``. (B, L) -> (B,)."""
-    ids, where = _ids(goal, suffixes)
+def prefix_states(model: torch.nn.Module, goal: GCGGoal) -> Prefix:
+    """The key/value states of ``goal.before`` (one forward pass), for :func:`target_loss`'s ``prefix``.
+
+    Raises:
+        TypeError: the model does not return a transformers cache with ``layers`` (keys and values per layer).
+    """
+    device = model.get_input_embeddings().weight.device
+    cache = model(input_ids=goal.before[None].to(device), use_cache=True).past_key_values
+    layers = getattr(cache, "layers", None)
+    if layers is None or not all(hasattr(layer, "keys") for layer in layers):
+        raise TypeError(f"prefix_cache needs a transformers cache with layers, got {type(cache).__name__}")
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _cache(prefix: Prefix, b: int) -> Any:
+    """A fresh transformers ``DynamicCache`` holding ``prefix`` for ``b`` rows (the model appends to its copy)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix])
+
+
+def _logits(model: torch.nn.Module, prefix: Prefix | None, **inputs: Tensor) -> Tensor:
+    """The model's logits on ``input_ids`` or ``inputs_embeds``, after the cached ``prefix`` when given."""
+    if prefix is None:
+        return model(**inputs).logits
+    (x,) = inputs.values()
+    return model(**inputs, past_key_values=_cache(prefix, x.shape[0]), use_cache=True).logits
+
+
+@torch.no_grad()
+def target_loss(model: torch.nn.Module, goal: GCGGoal, suffixes: Tensor, *, eval_batch_size: int | None = None,
+                prefix: Prefix | None = None) -> tuple[Tensor, Tensor]:
+    """``(loss, success)`` of each suffix row for one goal, in forward chunks of ``eval_batch_size``; with
+    ``prefix`` (:func:`prefix_states` of the goal) only ``[suffix; after; target]`` is run. (B, L) -> (B,)."""
+    ids, where = _ids(goal, suffixes, before=prefix is None)
     chunk = eval_batch_size or len(ids)
-    out = [_target_stats(model(input_ids=ids[i:i + chunk]).logits, goal.target, where)
+    out = [_target_stats(_logits(model, prefix, input_ids=ids[i:i + chunk]), goal.target, where)
            for i in range(0, len(ids), chunk)]
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
-def _token_gradients(model: torch.nn.Module, goals: Sequence[GCGGoal], suffix: Tensor) -> Tensor:
+def _token_gradients(model: torch.nn.Module, goals: Sequence[GCGGoal], suffix: Tensor,
+                     prefixes: Sequence[Prefix | None] | None = None) -> Tensor:
     """The gradient of the summed loss with respect to the suffix's one-hot rows. (L,) -> (L, V)."""
+    prefixes = [None] * len(goals) if prefixes is None else prefixes
     weight = model.get_input_embeddings().weight  # (V, d)
     one_hot = F.one_hot(suffix, weight.shape[0]).to(weight.dtype).requires_grad_(True)  # (L, V)
     total = 0.0
-    for goal in goals:
-        ids, where = _ids(goal, suffix[None])
+    for goal, prefix in zip(goals, prefixes):
+        ids, where = _ids(goal, suffix[None], before=prefix is None)
+        start = 0 if prefix is not None else len(goal.before)
         embeds = weight[ids[0]].clone()  # (T, d)
-        embeds[len(goal.before):len(goal.before) + len(suffix)] = one_hot @ weight
-        logits = model(inputs_embeds=embeds[None]).logits
+        embeds[start:start + len(suffix)] = one_hot @ weight
+        logits = _logits(model, prefix, inputs_embeds=embeds[None])
         total = total + _target_stats(logits, goal.target, where)[0].sum()
     (grad,) = torch.autograd.grad(total, one_hot)
     return grad
@@ -164,10 +208,11 @@ def _candidates(suffix: Tensor, grad: Tensor, *, topk: int, batch_size: int, all
     return cand
 
 
-def _evaluate(model: torch.nn.Module, goals: Sequence[GCGGoal], suffixes: Tensor,
-              eval_batch_size: int | None) -> tuple[Tensor, Tensor]:
+def _evaluate(model: torch.nn.Module, goals: Sequence[GCGGoal], suffixes: Tensor, eval_batch_size: int | None,
+              prefixes: Sequence[Prefix | None]) -> tuple[Tensor, Tensor]:
     """Per-goal losses and successes of each suffix row: (B, L) -> (G, B), (G, B)."""
-    stats = [target_loss(model, g, suffixes, eval_batch_size=eval_batch_size) for g in goals]
+    stats = [target_loss(model, g, suffixes, eval_batch_size=eval_batch_size, prefix=p)
+             for g, p in zip(goals, prefixes)]
     return torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats])
 
 
@@ -207,7 +252,8 @@ def gcg(model: torch.nn.Module, goals: Sequence[GCGGoal], suffix_ids: Tensor, *,
 
 def _run(model, goals, suffix, config, generator, allowed, keep) -> GCGResult:
     active = 1 if config.progressive else len(goals)
-    losses, success = (t[:, 0] for t in _evaluate(model, goals, suffix[None], config.eval_batch_size))
+    prefixes = [prefix_states(model, g) if config.prefix_cache else None for g in goals]
+    losses, success = (t[:, 0] for t in _evaluate(model, goals, suffix[None], config.eval_batch_size, prefixes))
     best = (float(losses.sum()), suffix, losses, success)
     records = [_record(0, losses, success, active, 0, 0.0, suffix)]
     step = 0
@@ -218,13 +264,13 @@ def _run(model, goals, suffix, config, generator, allowed, keep) -> GCGResult:
                 break
             active += 1  # Algorithm 2: the next goal joins once all current ones succeed
         t0 = time.perf_counter()
-        grad = _token_gradients(model, goals[:active], suffix)
+        grad = _token_gradients(model, goals[:active], suffix, prefixes[:active])
         cand = _candidates(suffix, grad, topk=config.topk, batch_size=config.batch_size, allowed=allowed,
                            generator=generator)
         if keep is not None:
             kept = cand[keep(cand).to(cand.device)]
             cand = kept if len(kept) else suffix[None]
-        cand_losses, cand_success = _evaluate(model, goals, cand, config.eval_batch_size)  # (G, B)
+        cand_losses, cand_success = _evaluate(model, goals, cand, config.eval_batch_size, prefixes)  # (G, B)
         b = int(cand_losses[:active].sum(0).argmin())
         suffix, losses, success = cand[b], cand_losses[:, b], cand_success[:, b]
         if float(losses.sum()) < best[0]:
@@ -246,7 +292,12 @@ SUFFIX_MARK = "\x00SUFFIX\x00"
 
 
 def chat_goal(tokenizer: Any, goal: str, target: str, *, system_prompt: str | None = None) -> GCGGoal:
-    """The :class:`GCGGoal` of ``goal`` + " " + suffix as the user's message in the tokenizer's chat template.
+    """The :class:`GCGGoal` of ``goal`` + suffix as the user's message in the tokenizer's chat template.
+
+    ``before`` ends with the goal's last character: the space between goal and suffix belongs to the suffix's
+    tokens (:func:`gcg_attack` starts from the encoding of ``" " + suffix``), because a byte-level BPE tokenizer
+    merges a space with the word after it, so a ``before`` ending in a lone space token would never be what the
+    tokenizer makes of the finished prompt.
 
     Raises:
         ValueError: the tokenizer has no chat template, or the goal or target is empty.
@@ -256,7 +307,7 @@ def chat_goal(tokenizer: Any, goal: str, target: str, *, system_prompt: str | No
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template")
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else [])
-    text = tokenizer.apply_chat_template([*messages, {"role": "user", "content": f"{goal} {SUFFIX_MARK}"}],
+    text = tokenizer.apply_chat_template([*messages, {"role": "user", "content": f"{goal}{SUFFIX_MARK}"}],
                                          tokenize=False, add_generation_prompt=True)
     before, after = text.split(SUFFIX_MARK)
 
@@ -275,14 +326,20 @@ def ascii_token_mask(tokenizer: Any) -> Tensor:
     return torch.tensor(ok)
 
 
-def retokenizes_to_itself(tokenizer: Any) -> Callable[[Tensor], Tensor]:
+def retokenizes_to_itself(tokenizer: Any, goals: Sequence[GCGGoal] = ()) -> Callable[[Tensor], Tensor]:
     """A candidate filter: keep suffixes whose decoded text encodes back to the same ids (so the string found is
-    the attack that was scored)."""
+    the attack that was scored); with ``goals``, the whole prompt ``[before; suffix; after]`` of every goal must
+    (a suffix can encode to itself alone and still merge with the goal's last characters)."""
+    contexts = [(g.before.tolist(), g.after.tolist()) for g in goals] or [([], [])]
 
     def keep(cand: Tensor) -> Tensor:
         rows = cand.tolist()
-        texts = tokenizer.batch_decode(rows)
-        return torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"] == r for t, r in zip(texts, rows)])
+        ok = []
+        for r in rows:
+            ids = [b + r + a for b, a in contexts]
+            texts = tokenizer.batch_decode(ids)
+            ok.append(all(tokenizer(t, add_special_tokens=False)["input_ids"] == i for t, i in zip(texts, ids)))
+        return torch.tensor(ok, dtype=torch.bool)
 
     return keep
 
@@ -290,7 +347,11 @@ def retokenizes_to_itself(tokenizer: Any) -> Callable[[Tensor], Tensor]:
 def gcg_attack(model: torch.nn.Module, tokenizer: Any, goals: Sequence[str], targets: Sequence[str], *,
                system_prompt: str | None = None, suffix: str = DEFAULT_SUFFIX, config: GCGConfig = GCGConfig(),
                generator: torch.Generator, ascii_only: bool = True) -> tuple[str, GCGResult]:
-    """GCG on chat-formatted goals: ``(suffix text, result)``. The user message is ``goal + " " + suffix``.
+    """GCG on chat-formatted goals: ``(suffix text, result)``. The user message is ``goal + suffix text``.
+
+    The attack starts from the tokens of ``" " + suffix`` (the space separating goal and suffix is the first
+    token's), keeps only candidates whose prompts the tokenizer gives back token for token (printable-ASCII tokens
+    when ``ascii_only``), and returns the decoded best suffix: ``goal + text`` is the message that was scored.
 
     Raises:
         ValueError: goals and targets of different lengths, an empty one, or a tokenizer without chat template.
@@ -298,8 +359,8 @@ def gcg_attack(model: torch.nn.Module, tokenizer: Any, goals: Sequence[str], tar
     if len(goals) != len(targets) or not goals:
         raise ValueError(f"need as many targets as goals (>= 1), got {len(goals)} goals and {len(targets)} targets")
     parts = [chat_goal(tokenizer, g, t, system_prompt=system_prompt) for g, t in zip(goals, targets)]
-    init = torch.tensor(tokenizer(suffix, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    init = torch.tensor(tokenizer(" " + suffix, add_special_tokens=False)["input_ids"], dtype=torch.long)
     allowed = ascii_token_mask(tokenizer) if ascii_only else None
     result = gcg(model, parts, init, config=config, generator=generator, allowed_tokens=allowed,
-                 candidate_filter=retokenizes_to_itself(tokenizer))
+                 candidate_filter=retokenizes_to_itself(tokenizer, parts))
     return tokenizer.decode(result.suffix_ids.tolist()), result

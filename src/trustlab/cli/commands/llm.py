@@ -45,7 +45,11 @@ def _backend_options(p: argparse.ArgumentParser, *, endpoint: bool) -> None:
         p.add_argument("--retries", type=int, default=3, help="retries per request (default 3)")
         p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     p.add_argument("--gguf-file", help="a GGUF file inside --model-path")
-    p.add_argument("--system-prompt", help="the system message (default: the model's own)")
+    system = p.add_mutually_exclusive_group()
+    system.add_argument("--system-prompt", help="the system message (default: the model's own)")
+    system.add_argument("--system-prompt-file",
+                        help="a UTF-8 text file holding the system message (one trailing newline is dropped), e.g. "
+                             "configs/llm/secret_word_system.txt")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens per response (default 32)")
     p.add_argument("--device", default="cpu", help="where a local model runs (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations or candidates (default 0)")
@@ -65,6 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     att.add_argument("--topk", type=int, default=256, help="candidate tokens per position (default 256)")
     att.add_argument("--batch-size", type=int, default=128, help="candidates per step (default 128)")
     att.add_argument("--suffix", default=None, help="initial suffix (default 20 '!' tokens)")
+    att.add_argument("--prefix-cache", action="store_true",
+                     help="compute the key/value states of the system prompt, template and goal once per goal")
     for mode, text in (("defend", "SmoothLLM's answer to each prompt"),
                        ("eval", "attack success rate without and with SmoothLLM per perturbation, q and N")):
         q = sub.add_parser(mode, help=text)
@@ -79,7 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="percent of characters perturbed, in (0, 100] (default 10)")
         q.add_argument("--n-copies", type=int, nargs=multi, default=[10] if multi else 10,
                        help="N perturbed copies (default 10)")
-        q.add_argument("--batch-size", type=int, default=None, help="prompts per generate call (default all)")
+        q.add_argument("--batch-size", type=int, default=None,
+                       help="prompts per generate call, and per forward batch of a local model (default all; 8)")
 
 
 def _local(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
@@ -103,7 +110,22 @@ def _generate(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
                                     timeout=args.timeout, retries=args.retries, concurrency=args.concurrency)
         return backend, backend.describe()
     model, tokenizer, info = _local(args)
-    return hf_backend(model, tokenizer, max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt), info
+    generate = hf_backend(model, tokenizer, max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt,
+                          batch_size=args.batch_size or 8)
+    return generate, {**info, "generate_batch_size": args.batch_size or 8}
+
+
+def system_prompt_from_file(path: str | Path) -> str:
+    """The system message in ``path`` (UTF-8, one trailing newline dropped).
+
+    Raises:
+        ValueError: the file is empty (named); OSError: it cannot be read.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    text = text[:-1] if text.endswith("\n") else text
+    if not text.strip():
+        raise ValueError(f"--system-prompt-file {path} is empty")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,11 +135,14 @@ def run(args: argparse.Namespace) -> int:
     from trustlab.llm.smoothllm import SmoothLLMConfig
 
     out = Path(args.out)
+    if args.system_prompt_file is not None:
+        args.system_prompt = system_prompt_from_file(args.system_prompt_file)
     if args.llm_mode == "attack":
         from trustlab.llm.gcg import DEFAULT_SUFFIX, GCGConfig
 
         behaviours = read_behaviours(Path(args.behaviours))
-        config = GCGConfig(steps=args.steps, topk=args.topk, batch_size=args.batch_size)
+        config = GCGConfig(steps=args.steps, topk=args.topk, batch_size=args.batch_size,
+                           prefix_cache=args.prefix_cache)
         check_experiment(out)  # before the model is loaded
         model, tokenizer, info = _local(args)
         path, s = llm_attack_run(out, model, tokenizer, behaviours, config=config, system_prompt=args.system_prompt,
