@@ -333,13 +333,10 @@ def retokenizes_to_itself(tokenizer: Any, goals: Sequence[GCGGoal] = ()) -> Call
     contexts = [(g.before.tolist(), g.after.tolist()) for g in goals] or [([], [])]
 
     def keep(cand: Tensor) -> Tensor:
-        rows = cand.tolist()
-        ok = []
-        for r in rows:
-            ids = [b + r + a for b, a in contexts]
-            texts = tokenizer.batch_decode(ids)
-            ok.append(all(tokenizer(t, add_special_tokens=False)["input_ids"] == i for t, i in zip(texts, ids)))
-        return torch.tensor(ok, dtype=torch.bool)
+        ids = [b + r + a for r in cand.tolist() for b, a in contexts]  # row-major: each candidate's contexts
+        again = tokenizer(tokenizer.batch_decode(ids), add_special_tokens=False)["input_ids"]
+        same = torch.tensor([e == i for e, i in zip(again, ids)], dtype=torch.bool)
+        return same.view(len(cand), len(contexts)).all(dim=1)
 
     return keep
 
