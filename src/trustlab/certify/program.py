@@ -116,12 +116,13 @@ def intermediate_bounds(network: Network, x: Tensor, threat: LpBall, how: str, *
     tightened = [[t.clone() for t in pre[0]]]
     for m in range(1, network.depth):
         lo, hi = pre[m][0].flatten(1).clone(), pre[m][1].flatten(1).clone()
+        unstable = ((lo < 0) & (hi > 0)).cpu().numpy()  # CROWN's unstable ReLUs: the only ones that get LPs
+        eye = np.eye(lo.shape[1])
         for n in range(len(x)):
             prior = [(widen(a[n].flatten().double().cpu().numpy(), b[n].flatten().double().cpu().numpy()))
                      for a, b in tightened]
             program = ReluProgram(layers[: m + 1], x_lo[n], x_hi[n], prior)
-            eye = np.eye(len(layers[m][1]))
-            for k in np.flatnonzero((lo[n] < 0).numpy() & (hi[n] > 0).numpy()):  # CROWN's unstable ReLUs only
+            for k in np.flatnonzero(unstable[n]):
                 cost, const = program.objective(eye[k])
                 low = solve_lp(program, cost, const).lower
                 high = -solve_lp(program, -cost, -const).lower
