@@ -43,7 +43,7 @@ from trustlab.models import MODELS, build_model
 DIGITS = {"name": "mlp", "in_shape": (1, 8, 8), "num_classes": 10}
 CONFIG = {"lr": 0.01, "eps": 0.3, "seed": 0, "layers": [1, 2]}
 SEC04_SHAPES = {"mlp": (1, 28, 28), "mlp-1x50": (1, 28, 28), "mlp-1x100": (1, 28, 28), "mlp-2x100": (1, 28, 28),
-                "cnn-small": (1, 28, 28), "cnn-small-quantized": (1, 28, 28), "cnn-large": (1, 28, 28), "preact-resnet18": (3, 8, 8)}
+                "mlp-3x100": (1, 28, 28), "cnn-small": (1, 28, 28), "cnn-small-quantized": (1, 28, 28), "cnn-large": (1, 28, 28), "preact-resnet18": (3, 8, 8)}
 
 
 class _Killed(BaseException):

@@ -17,7 +17,7 @@ def _n_params(model: nn.Module) -> int:
 
 def test_registry_names():
     assert model_names() == sorted(MODELS) == ["cnn-large", "cnn-small", "cnn-small-quantized", "mlp", "mlp-1x100",
-                                                  "mlp-1x50", "mlp-2x100", "preact-resnet18"]
+                                                  "mlp-1x50", "mlp-2x100", "mlp-3x100", "preact-resnet18"]
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -33,7 +33,7 @@ def test_forward_shape(name, dataset):
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name", ["mlp", "mlp-1x50", "mlp-1x100", "mlp-2x100", "cnn-small", "cnn-small-quantized",
+@pytest.mark.parametrize("name", ["mlp", "mlp-1x50", "mlp-1x100", "mlp-2x100", "mlp-3x100", "cnn-small", "cnn-small-quantized",
                                   "cnn-large"])
 def test_simple_models_are_sequential(name):
     assert type(build_model(name, in_shape=(1, 28, 28), num_classes=10)) is nn.Sequential
@@ -124,7 +124,8 @@ def test_seed_is_reproducible_and_leaves_global_rng_alone():
     assert not torch.equal(a[0].weight, c[0].weight)
 
 
-@pytest.mark.parametrize(("name", "widths"), [("mlp-1x50", [50]), ("mlp-1x100", [100]), ("mlp-2x100", [100, 100])])
+@pytest.mark.parametrize(("name", "widths"), [("mlp-1x50", [50]), ("mlp-1x100", [100]), ("mlp-2x100", [100, 100]),
+                                               ("mlp-3x100", [100, 100, 100])])
 def test_small_mlps_have_the_named_hidden_widths(name, widths):
     model = build_model(name, in_shape=(1, 28, 28), num_classes=10)
     linear = [m for m in model if isinstance(m, nn.Linear)]

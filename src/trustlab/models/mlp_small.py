@@ -1,8 +1,8 @@
 """Small fully connected ReLU networks for the verifiers that solve a program per example (LP, MILP, SDP).
 
 The lecture's and Raghunathan et al.'s (2018) nets: one hidden layer of 50 or 100 units (784-50-10,
-784-100-10 on MNIST), where exact MILP and the SDP relaxation are affordable, and two hidden layers of 100, where
-intermediate bounds start to matter (the ReLUs of the second layer are bounded by a relaxation of the first).
+784-100-10 on MNIST), where exact MILP and the SDP relaxation are affordable, and two or three hidden layers of 100,
+where intermediate bounds start to matter (the ReLUs of each later layer are bounded by a relaxation of those below).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 
 from trustlab.models._shapes import check_in_shape, check_num_classes
 
-__all__ = ["small_mlp", "mlp_1x50", "mlp_1x100", "mlp_2x100"]
+__all__ = ["small_mlp", "mlp_1x50", "mlp_1x100", "mlp_2x100", "mlp_3x100"]
 
 
 def small_mlp(*, in_shape: tuple[int, int, int], num_classes: int, hidden: tuple[int, ...]) -> nn.Sequential:
@@ -44,3 +44,4 @@ def small_mlp(*, in_shape: tuple[int, int, int], num_classes: int, hidden: tuple
 mlp_1x50 = partial(small_mlp, hidden=(50,))
 mlp_1x100 = partial(small_mlp, hidden=(100,))
 mlp_2x100 = partial(small_mlp, hidden=(100, 100))
+mlp_3x100 = partial(small_mlp, hidden=(100, 100, 100))

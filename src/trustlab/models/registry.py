@@ -16,7 +16,7 @@ from trustlab.models.cnn_large import cnn_large
 from trustlab.models.cnn_small import cnn_small
 from trustlab.models.cnn_small_quantized import cnn_small_quantized
 from trustlab.models.mlp import mlp
-from trustlab.models.mlp_small import mlp_1x50, mlp_1x100, mlp_2x100
+from trustlab.models.mlp_small import mlp_1x50, mlp_1x100, mlp_2x100, mlp_3x100
 from trustlab.models.preact_resnet import preact_resnet18
 
 __all__ = ["MODELS", "build_model", "model_names"]
@@ -28,6 +28,7 @@ MODELS: dict[str, Builder] = {
     "mlp-1x50": mlp_1x50,
     "mlp-1x100": mlp_1x100,
     "mlp-2x100": mlp_2x100,
+    "mlp-3x100": mlp_3x100,
     "cnn-small": cnn_small,
     "cnn-small-quantized": cnn_small_quantized,
     "cnn-large": cnn_large,
