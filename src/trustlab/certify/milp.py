@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar
 
 import numpy as np
@@ -44,10 +46,17 @@ from trustlab.certify.solver import OPTIMAL, RowResult, SolverMethod
 from trustlab.threat import LpBall
 from trustlab.validation import check_nonneg_float, check_positive_int
 
-__all__ = ["milp_bounds", "MILP", "solve_milp", "DEFAULT_TIME_LIMIT"]
+__all__ = ["milp_bounds", "MILP", "solve_milp", "DEFAULT_TIME_LIMIT", "HIGHS_OPTIONS"]
 
 DEFAULT_TIME_LIMIT = 60.0  # seconds per example
 _MIP_REL_GAP = 1e-9  # HiGHS stops at this relative gap: the optimum is exact to the solver's tolerances
+# HiGHS's sub-MIP primal heuristics (RINS, RENS) look for good feasible points by solving smaller MILPs. On these
+# programs they took most of the time (9 of 13 s of one margin of a 784-100-100-10 net) while the tree finds the
+# same optimum without them: 2.4-3.0x less time in total over the margins of two images of a standard and a
+# PGD-trained such net (benchmarks/milp_heuristics.py; docs/results.md, issue 15). A HiGHS that lacks these
+# options ignores them. They change the search only, never a bound or what a status means.
+HIGHS_OPTIONS = MappingProxyType({"mip_rel_gap": _MIP_REL_GAP, "mip_heuristic_run_rins": False,
+                                  "mip_heuristic_run_rens": False})
 _STATUS = {0: OPTIMAL, 1: "limit", 2: "infeasible", 3: "unbounded", 4: "numerical"}
 
 
@@ -68,9 +77,11 @@ def solve_milp(program: ReluProgram, cost: np.ndarray, const: float, *, time_lim
         constraints.append(optimize.LinearConstraint(program.a_ub, -np.inf, program.b_ub))
     if program.a_eq.shape[0]:
         constraints.append(optimize.LinearConstraint(program.a_eq, program.b_eq, program.b_eq))
-    res = optimize.milp(cost, integrality=program.integrality, bounds=optimize.Bounds(program.lb, program.ub),
-                        constraints=constraints,
-                        options={"time_limit": max(float(time_limit), 1e-3), "mip_rel_gap": _MIP_REL_GAP})
+    with warnings.catch_warnings():  # SciPy warns that it passes options it does not list through to HiGHS
+        warnings.filterwarnings("ignore", message="Unrecognized options", category=RuntimeWarning)
+        res = optimize.milp(cost, integrality=program.integrality, bounds=optimize.Bounds(program.lb, program.ub),
+                            constraints=constraints,
+                            options={"time_limit": max(float(time_limit), 1e-3), **HIGHS_OPTIONS})
     seconds = time.perf_counter() - tic
     status = _STATUS.get(res.status, "numerical")
     dual = getattr(res, "mip_dual_bound", None)
