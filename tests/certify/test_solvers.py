@@ -263,6 +263,64 @@ def test_cert09_optimal_needs_the_bound_above_margin_tol_plus_solver_tolerance(m
     assert cert.verdict is Verdict.UNKNOWN  # 5e-7 is under the solver tolerance 1e-6: no certificate
 
 
+class _RecordingMilp(_FakeMilp):
+    """A :class:`_FakeMilp` that keeps the options of each call."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.options = []
+
+    def __call__(self, c, **kwargs):
+        self.options.append(dict(kwargs["options"]))
+        return super().__call__(c, **kwargs)
+
+
+@pytest.mark.parametrize("lp_status", ["optimal", "infeasible"])
+def test_cert09_an_empty_search_below_the_cutoff_certifies_only_on_a_feasible_program(lp_status, monkeypatch):
+    """Under early_stop the MILP searches below a cutoff just above the certificate level; HiGHS's "infeasible"
+    then proves the margin above it, but only if the relaxation showed the program feasible: on a program whose
+    relaxation is not optimal, "infeasible" stays UNKNOWN and no cutoff is passed."""
+    model, x = _unstable_net()
+    y = model(x).argmax(1)
+    fake = _RecordingMilp(2, dual=None)
+    monkeypatch.setattr(milp_module.optimize, "milp", fake)
+    monkeypatch.setattr(milp_module, "solve_lp",  # a relaxation that does not decide the sign
+                        lambda *a, **k: program_module.LPResult(-0.5, -0.5, lp_status, 0.0))
+    margin_tol = 1e-3
+    [cert] = certify(model, x, y, LpBall(0.3), method=MILP(attack_steps=0), margin_tol=margin_tol)
+    tol = MILP.tolerance
+    if lp_status == "optimal":
+        assert cert.verdict is Verdict.CERTIFIED and cert.solver["status"] == ["cutoff"]
+        assert cert.margin_lower[0] == pytest.approx(margin_tol + 2 * tol, abs=1e-12)
+        assert cert.margin_lower[0] > margin_tol + tol
+        # the margin row e_0 - e_1 has the constant 1: the cutoff on the objective is the level less 1
+        assert fake.options[0]["objective_bound"] == pytest.approx(margin_tol + 3 * tol - 1.0, abs=1e-12)
+    else:
+        assert cert.verdict is Verdict.UNKNOWN and cert.solver["status"] == ["infeasible"]
+        assert cert.margin_lower[0] == -math.inf and "objective_bound" not in fake.options[0]
+    [full] = certify(model, x, y, LpBall(0.3), method=MILP(early_stop=False), margin_tol=margin_tol)
+    assert full.verdict is Verdict.UNKNOWN and "objective_bound" not in fake.options[-1]  # exact margins: no cutoff
+
+
+def test_cert09_cutoff_verdicts_equal_the_exact_milp_and_its_bounds_are_below_the_optimum(random_net):
+    """The early-stopping MILP (LP check, then branch and bound below the cutoff) gives the verdict of the exact
+    MILP on 16 random nets and settings, and every bound it records, ``cutoff`` ones included, is at most the
+    exact margin. Interval big-M and eps up to 0.2 leave margins the LP cannot decide, so the cutoff is used."""
+    statuses = []
+    for seed, eps in itertools.product(range(8), (0.1, 0.2)):
+        model, x = random_net("mlp", 300 + seed, trained=seed % 2 == 0, dtype=torch.float64)
+        y = model(x).argmax(1)
+        fast = certify(model, x, y, LpBall(eps), method=MILP(attack_steps=0, intermediate="interval"))
+        exact = certify(model, x, y, LpBall(eps), method=MILP(early_stop=False, intermediate="interval"))
+        for f, e in zip(fast, exact):
+            statuses += f.solver["status"]
+            assert f.verdict is e.verdict, (seed, eps, f.solver, e.solver)
+            if f.verdict is not Verdict.FALSIFIED:
+                for a, b, status in zip(f.margin_lower, e.margin_lower, f.solver["status"]):
+                    assert a <= b + 1e-6 * (1 + abs(b)), (seed, eps, status, a, b)
+    assert statuses.count("cutoff") >= 5 and statuses.count("bound") >= 5  # both early stops were exercised
+
+
 def test_cert09_near_tie_is_never_certified():
     """Two logits that differ by 1e-9 everywhere: the margin is positive but below every tolerance."""
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)).eval().double()

@@ -79,7 +79,8 @@ class LP(SolverMethod):
             check_nonneg_float(self.time_limit, "time_limit", positive=True)
 
     def solve_example(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
-                      plain: nn.Module | Network | None = None, label: int | None = None) -> list[RowResult]:
+                      plain: nn.Module | Network | None = None, label: int | None = None,
+                      margin_tol: float = 0.0) -> list[RowResult]:
         check_linf(threat, "the LP relaxation")
         program = build_program(network, x, threat, self.intermediate)
         out = []

@@ -18,8 +18,12 @@ Verdicts (reliability-tests CERT-04, CERT-09):
 ``early_stop`` (the default) decides the sign and no more: first a short PGD attack (``attack_steps`` steps,
 seeded) looks for a counterexample, and one it finds (re-checked in float32 inside the threat set) makes the
 example FALSIFIED with no solve (status ``attack`` for the class it reaches, ``skipped`` for the others); then a
-class whose LP relaxation (on the same bounds) already proves the margin positive is not branched on (status
-``bound``), and the classes after a falsified one are not solved (``skipped``). The exact margin of every class is
+class whose LP relaxation (on the same bounds) already proves the margin above the level a certificate needs
+(``margin_tol`` plus the tolerance) is not branched on (status ``bound``); the others are branched on with that
+level (plus twice the tolerance) as HiGHS's objective cutoff, which prunes every node that cannot hold a point
+below it: a search that ends with no such point proves the margin at least the cutoff, less the tolerance (status
+``cutoff``, the recorded bound), without computing the exact margin, while a point below the cutoff is optimised
+as usual. The classes after a falsified one are not solved (``skipped``). The exact margin of every class is
 computed with ``early_stop=False``. The statuses are recorded per class.
 """
 
@@ -58,10 +62,18 @@ _MIP_REL_GAP = 1e-9  # HiGHS stops at this relative gap: the optimum is exact to
 HIGHS_OPTIONS = MappingProxyType({"mip_rel_gap": _MIP_REL_GAP, "mip_heuristic_run_rins": False,
                                   "mip_heuristic_run_rens": False})
 _STATUS = {0: OPTIMAL, 1: "limit", 2: "infeasible", 3: "unbounded", 4: "numerical"}
+CUTOFF = "cutoff"  # under early_stop: no point has a margin below the cutoff (see the module docstring)
+_CUTOFF_TOL = 1e-6  # HiGHS's feasibility tolerance, taken off a cutoff before it counts as a proven bound
 
 
-def solve_milp(program: ReluProgram, cost: np.ndarray, const: float, *, time_limit: float) -> RowResult:
+def solve_milp(program: ReluProgram, cost: np.ndarray, const: float, *, time_limit: float,
+               cutoff: float | None = None) -> RowResult:
     """``min cost . v + const`` over the program (``integer=True``) with HiGHS.
+
+    ``cutoff``: search only for points with an objective below this level (HiGHS's ``objective_bound``); a search
+    that ends with none proves the minimum at least ``cutoff`` (status ``cutoff``, ``lower = cutoff - 1e-6``, the
+    solver's tolerance). The program must be feasible (the caller checks its relaxation), so that this
+    "infeasible" can only come from the cutoff.
 
     Returns:
         ``lower``: HiGHS's proven dual bound (``-inf`` if none); ``upper``: the objective at the best feasible
@@ -77,13 +89,17 @@ def solve_milp(program: ReluProgram, cost: np.ndarray, const: float, *, time_lim
         constraints.append(optimize.LinearConstraint(program.a_ub, -np.inf, program.b_ub))
     if program.a_eq.shape[0]:
         constraints.append(optimize.LinearConstraint(program.a_eq, program.b_eq, program.b_eq))
+    options = {"time_limit": max(float(time_limit), 1e-3), **HIGHS_OPTIONS}
+    if cutoff is not None:
+        options["objective_bound"] = float(cutoff) - const
     with warnings.catch_warnings():  # SciPy warns that it passes options it does not list through to HiGHS
         warnings.filterwarnings("ignore", message="Unrecognized options", category=RuntimeWarning)
         res = optimize.milp(cost, integrality=program.integrality, bounds=optimize.Bounds(program.lb, program.ub),
-                            constraints=constraints,
-                            options={"time_limit": max(float(time_limit), 1e-3), **HIGHS_OPTIONS})
+                            constraints=constraints, options=options)
     seconds = time.perf_counter() - tic
     status = _STATUS.get(res.status, "numerical")
+    if cutoff is not None and status == "infeasible":  # no point below the cutoff: the minimum is at least it
+        return RowResult(float(cutoff) - _CUTOFF_TOL, CUTOFF, seconds)
     dual = getattr(res, "mip_dual_bound", None)
     proven = status in (OPTIMAL, "limit") and dual is not None and math.isfinite(dual)
     lower = float(dual) + const if proven else -math.inf  # only a finished or stopped search proves its bound
@@ -133,7 +149,7 @@ class MILP(SolverMethod):
 
     name: ClassVar[str] = "milp"
     function = staticmethod(milp_bounds)  # the functional form; ``bounds`` solves through ``solve_example``
-    decisive: ClassVar[frozenset[str]] = frozenset({OPTIMAL, "bound"})
+    decisive: ClassVar[frozenset[str]] = frozenset({OPTIMAL, "bound", CUTOFF})
 
     intermediate: str = "lp"
     time_limit: float = DEFAULT_TIME_LIMIT
@@ -149,7 +165,8 @@ class MILP(SolverMethod):
             raise TypeError(f"early_stop must be a bool, got {self.early_stop!r}")
 
     def solve_example(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
-                      plain: nn.Module | Network | None = None, label: int | None = None) -> list[RowResult]:
+                      plain: nn.Module | Network | None = None, label: int | None = None,
+                      margin_tol: float = 0.0) -> list[RowResult]:
         check_linf(threat, "the MILP")
         if self.early_stop and self.attack_steps and plain is not None and label is not None:
             found = _attack_first(plain, x, label, threat, rows, steps=self.attack_steps)
@@ -164,21 +181,25 @@ class MILP(SolverMethod):
         x_lo, x_hi = threat.box(x.detach())
         out: list[RowResult] = []
         falsified = False
+        needed = margin_tol + self.tolerance  # a certificate needs every bound above this
         for row in rows.detach().double().cpu().numpy():
             cost, const = program.objective(row)
             if falsified:
                 out.append(RowResult(-math.inf, "skipped", 0.0))
                 continue
+            cutoff = None
             if relaxed is not None:
                 lp = solve_lp(relaxed, *relaxed.objective(row))
-                if lp.status == OPTIMAL and lp.lower > self.tolerance:
+                if lp.status == OPTIMAL and lp.lower > needed:
                     out.append(RowResult(lp.lower, "bound", lp.seconds))
                     continue
+                if lp.status == OPTIMAL:  # the program is feasible: an empty search below the cutoff is a proof
+                    cutoff = needed + 2 * self.tolerance
             left = deadline - time.perf_counter()
             if left <= 0:
                 out.append(RowResult(-math.inf, "limit", 0.0))
                 continue
-            res = solve_milp(program, cost, const, time_limit=left)
+            res = solve_milp(program, cost, const, time_limit=left, cutoff=cutoff)
             point = None
             if res.point is not None and plain is not None and label is not None and res.upper <= self.tolerance:
                 point = _misclassified(plain, res.point, x_lo, x_hi, label)

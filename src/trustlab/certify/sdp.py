@@ -200,12 +200,13 @@ class SDP(SolverMethod):
         return self.solver
 
     def solve_example(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
-                      plain: nn.Module | Network | None = None, label: int | None = None) -> list[RowResult]:
+                      plain: nn.Module | Network | None = None, label: int | None = None,
+                      margin_tol: float = 0.0) -> list[RowResult]:
         return self.solve_batch(network, x, threat, rows[None])[0][0]
 
     def solve_batch(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
-                    plain: nn.Module | Network | None = None,
-                    labels: list[int] | None = None) -> list[tuple[list[RowResult], float]]:
+                    plain: nn.Module | Network | None = None, labels: list[int] | None = None,
+                    margin_tol: float = 0.0) -> list[tuple[list[RowResult], float]]:
         """Each example's relaxation, solved in closed form, by a conic solver one row at a time, or with the
         other first-order examples, their rows iterated together."""
         check_depth(network)

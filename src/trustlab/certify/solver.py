@@ -36,7 +36,8 @@ class RowResult:
     Args:
         lower: a proven lower bound of the row over the threat set (``-inf`` if nothing was proven).
         status: ``optimal``, ``limit`` (time or node limit), ``infeasible``, ``unbounded``, ``numerical``, or a
-            method's own decisive status (the MILP's ``bound``: decided by its relaxation before any branching).
+            method's own decisive status (the MILP's ``bound``: decided by its relaxation before any branching;
+            ``cutoff``: branch and bound proved that no point has a margin below the level a certificate needs).
         seconds: wall time of the row's solves.
         upper: the objective at the best feasible point found (MILP), an upper bound of the row's minimum.
         point: that point's input (MILP), flattened; used for counterexamples.
@@ -70,21 +71,25 @@ class SolverMethod(BoundMethod):
         return Bounds.from_stacked(lower.view(len(x), rows.shape[1]).to(device=x.device, dtype=x.dtype))
 
     def solve_batch(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
-                    plain: nn.Module | Network | None = None,
-                    labels: list[int] | None = None) -> list[tuple[list[RowResult], float]]:
+                    plain: nn.Module | Network | None = None, labels: list[int] | None = None,
+                    margin_tol: float = 0.0) -> list[tuple[list[RowResult], float]]:
         """Each example's rows (``rows`` ``(N, S, K)``) and its wall time: :meth:`solve_example` one example at a
         time, unless a method solves several together (the SDP's first-order solver)."""
         out = []
         for n in range(len(x)):
             tic = time.perf_counter()
             results = self.solve_example(network, x[n : n + 1], threat, rows[n], plain=plain,
-                                         label=None if labels is None else labels[n])
+                                         label=None if labels is None else labels[n], margin_tol=margin_tol)
             out.append((results, time.perf_counter() - tic))
         return out
 
     def solve_example(self, network: Network, x: Tensor, threat: LpBall, rows: Tensor, *,
-                      plain: nn.Module | Network | None = None, label: int | None = None) -> list[RowResult]:
-        """Solve each row of ``rows`` (``(S, K)``, on the logits) for the single example ``x`` (``(1, *D)``)."""
+                      plain: nn.Module | Network | None = None, label: int | None = None,
+                      margin_tol: float = 0.0) -> list[RowResult]:
+        """Solve each row of ``rows`` (``(S, K)``, on the logits) for the single example ``x`` (``(1, *D)``).
+
+        With ``plain`` and ``label`` (a verdict is wanted, not bounds) a method may stop a row once its bound
+        provably exceeds ``margin_tol + tolerance``, the level a certificate needs."""
         raise NotImplementedError
 
     def certificates(self, model: nn.Module | Network, network: Network, x: Tensor, y: Tensor, threat: LpBall, *,
@@ -100,7 +105,8 @@ class SolverMethod(BoundMethod):
         spec = margin_spec(y, k, dtype=x.dtype)
         correct = [i for i in range(len(x)) if int(logits[i].argmax()) == int(y[i])]  # the plain model's logits
         solved = dict(zip(correct, self.solve_batch(network, x[correct], threat, spec[correct], plain=model,
-                                                    labels=[int(y[i]) for i in correct]))) if correct else {}
+                                                    labels=[int(y[i]) for i in correct], margin_tol=margin_tol))
+                      ) if correct else {}
         out = []
         for i in range(len(x)):
             xi = x[i : i + 1]
