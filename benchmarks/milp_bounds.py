@@ -91,11 +91,17 @@ def main() -> None:
     both = [(a, b) for a, b in zip(results["interval"], results["lp"])
             if a.solver and b.solver and set(a.solver["status"]) == set(b.solver["status"]) == {"optimal"}]
     gap = max((abs(p - q) for a, b in both for p, q in zip(a.margin_lower, b.margin_lower)), default=0.0)
-    ratios = [a / b for a, b in zip(times["interval"], times["lp"])]
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {len(x)} examples, l_inf eps={args.eps}, "
+    print_ratios(times["interval"], times["lp"], "interval / lp-bounds", threads=args.threads, n=len(x), eps=args.eps,
+                 tail=f"largest margin difference where both are optimal: {gap:.2e} ({len(both)} examples)")
+
+
+def print_ratios(slow: list[float], fast: list[float], name: str, *, threads: int, n: int, eps: float,
+                 tail: str) -> None:
+    """The set-up line and the min and median over the repeats of the time ratio ``slow / fast``."""
+    ratios = [a / b for a, b in zip(slow, fast)]
+    print(f"torch {torch.__version__}, {threads} thread(s), {n} examples, l_inf eps={eps}, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"time ratio interval / lp-bounds: min {min(ratios):.2f}, median {statistics.median(ratios):.2f}; "
-          f"largest margin difference where both are optimal: {gap:.2e} ({len(both)} examples)")
+    print(f"time ratio {name}: min {min(ratios):.2f}, median {statistics.median(ratios):.2f}; {tail}")
 
 
 if __name__ == "__main__":

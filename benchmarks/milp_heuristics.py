@@ -13,14 +13,13 @@ agree (the largest difference is printed); only the search differs.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 import warnings
 
 import numpy as np
 import torch
-from milp_bounds import load
+from milp_bounds import load, print_ratios
 from scipy import optimize
 
 from trustlab import LpBall
@@ -86,11 +85,8 @@ def main() -> None:
     for v in VARIANTS:
         print(f"{v:>8}: median {statistics.median(times[v]) / len(x):.2f} s/example, scipy statuses {statuses[v]}")
     gap = np.nanmax(np.abs(np.subtract(optima["default"], optima["trustlab"])))
-    ratios = [a / b for a, b in zip(times["default"], times["trustlab"])]
-    print(f"torch {torch.__version__}, 1 thread, {len(x)} examples, l_inf eps={args.eps}, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"time ratio default / trustlab options: min {min(ratios):.2f}, median {statistics.median(ratios):.2f}; "
-          f"largest optimum difference: {gap:.2e}")
+    print_ratios(times["default"], times["trustlab"], "default / trustlab options", threads=1, n=len(x),
+                 eps=args.eps, tail=f"largest optimum difference: {gap:.2e}")
 
 
 if __name__ == "__main__":
