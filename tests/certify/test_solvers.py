@@ -300,6 +300,8 @@ def test_cert09_an_empty_search_below_the_cutoff_certifies_only_on_a_feasible_pr
         assert cert.margin_lower[0] == -math.inf and "objective_bound" not in fake.options[0]
     [full] = certify(model, x, y, LpBall(0.3), method=MILP(early_stop=False), margin_tol=margin_tol)
     assert full.verdict is Verdict.UNKNOWN and "objective_bound" not in fake.options[-1]  # exact margins: no cutoff
+    MILP(attack_steps=0).bounds(model, x, LpBall(0.3), spec=margin_spec(y, 2, dtype=x.dtype))
+    assert len(fake.options) == 4 and all("objective_bound" not in o for o in fake.options[2:])  # bounds: none
 
 
 def test_cert09_cutoff_verdicts_equal_the_exact_milp_and_its_bounds_are_below_the_optimum(random_net):

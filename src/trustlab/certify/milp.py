@@ -23,7 +23,8 @@ class whose LP relaxation (on the same bounds) already proves the margin above t
 level (plus twice the tolerance) as HiGHS's objective cutoff, which prunes every node that cannot hold a point
 below it: a search that ends with no such point proves the margin at least the cutoff, less the tolerance (status
 ``cutoff``, the recorded bound), without computing the exact margin, while a point below the cutoff is optimised
-as usual. The classes after a falsified one are not solved (``skipped``). The exact margin of every class is
+as usual. The cutoff is used only when a verdict is wanted, as in ``certify``; :meth:`MILP.bounds` searches
+without one. The classes after a falsified one are not solved (``skipped``). The exact margin of every class is
 computed with ``early_stop=False``. The statuses are recorded per class.
 """
 
@@ -193,8 +194,8 @@ class MILP(SolverMethod):
                 if lp.status == OPTIMAL and lp.lower > needed:
                     out.append(RowResult(lp.lower, "bound", lp.seconds))
                     continue
-                if lp.status == OPTIMAL:  # the program is feasible: an empty search below the cutoff is a proof
-                    cutoff = needed + 2 * self.tolerance
+                if lp.status == OPTIMAL and label is not None:  # a verdict is wanted and the program is feasible:
+                    cutoff = needed + 2 * self.tolerance  # an empty search below the cutoff is a proof
             left = deadline - time.perf_counter()
             if left <= 0:
                 out.append(RowResult(-math.inf, "limit", 0.0))
