@@ -7,6 +7,8 @@ and with ``intermediate="lp"`` (layer-wise LPs; on a one-hidden-layer network bo
 with two or more hidden layers), interleaved, alternating which goes first, and repeated. The script prints per
 variant the median seconds per example (bounds included), the unstable ReLUs and the solver statuses, and the min
 and median over the repeats of the time ratio interval / tight. Margins must agree wherever both are optimal.
+``--early-stop`` times the sign decision instead, as ``trustlab verify`` makes it (the LP check, then branch and
+bound below the cutoff; no attack, so that every example reaches the solver): the verdicts must agree.
 
     python benchmarks/milp_bounds.py RUN --eps 0.02 --n 10 --repeats 2    # RUN: e.g. configs/mnist_mlp2x100.toml
     python benchmarks/milp_bounds.py --quick                              # a random 2-hidden-layer net, seconds
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from trustlab import LpBall
-from trustlab.certify import MILP, certify, to_network
+from trustlab.certify import MILP, Verdict, certify, to_network
 from trustlab.certify.program import intermediate_bounds
 
 VARIANTS = ("interval", "lp")
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per example (default 120)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--early-stop", action="store_true", help="decide the sign only, as trustlab verify does")
     parser.add_argument("--quick", action="store_true", help="a random net, 4 examples, eps 0.1, 2 repeats")
     args = parser.parse_args()
     if args.quick:
@@ -67,7 +70,7 @@ def main() -> None:
     model, x, y = load(args.run, args.n)
     threat = LpBall(args.eps)
     net = to_network(model, x[:1])
-    methods = {v: MILP(intermediate=v, time_limit=args.time_limit, early_stop=False, attack_steps=0)
+    methods = {v: MILP(intermediate=v, time_limit=args.time_limit, early_stop=args.early_stop, attack_steps=0)
                for v in VARIANTS}
     for v in VARIANTS:
         pre = intermediate_bounds(net, x, threat, v)
@@ -91,8 +94,11 @@ def main() -> None:
     both = [(a, b) for a, b in zip(results["interval"], results["lp"])
             if a.solver and b.solver and set(a.solver["status"]) == set(b.solver["status"]) == {"optimal"}]
     gap = max((abs(p - q) for a, b in both for p, q in zip(a.margin_lower, b.margin_lower)), default=0.0)
+    differ = sum(a.verdict is not b.verdict for a, b in zip(results["interval"], results["lp"])
+                 if Verdict.UNKNOWN not in (a.verdict, b.verdict))
     print_ratios(times["interval"], times["lp"], "interval / lp-bounds", threads=args.threads, n=len(x), eps=args.eps,
-                 tail=f"largest margin difference where both are optimal: {gap:.2e} ({len(both)} examples)")
+                 tail=f"largest margin difference where both are optimal: {gap:.2e} ({len(both)} examples); "
+                      f"decided verdicts that differ: {differ}")
 
 
 def print_ratios(slow: list[float], fast: list[float], name: str, *, threads: int, n: int, eps: float,
