@@ -57,9 +57,9 @@ DEFAULT_TIME_LIMIT = 60.0  # seconds per example
 _MIP_REL_GAP = 1e-9  # HiGHS stops at this relative gap: the optimum is exact to the solver's tolerances
 # HiGHS's sub-MIP primal heuristics (RINS, RENS) look for good feasible points by solving smaller MILPs. On these
 # programs they took most of the time (9 of 13 s of one margin of a 784-100-100-10 net) while the tree finds the
-# same optimum without them: 2.4-3.0x less time in total over the margins of two images of a standard and a
-# PGD-trained such net (benchmarks/milp_heuristics.py; docs/results.md, issue 15). A HiGHS that lacks these
-# options ignores them. They change the search only, never a bound or what a status means.
+# same optimum without them: 2.3-3.0x less time in total over the margins of two images of a standard and a
+# PGD-trained such net (benchmarks/milp_heuristics.py gives 2.34/2.36 on the latter; docs/results.md, issue 15).
+# A HiGHS that lacks these options ignores them. They change the search only, never a bound or a status's meaning.
 HIGHS_OPTIONS = MappingProxyType({"mip_rel_gap": _MIP_REL_GAP, "mip_heuristic_run_rins": False,
                                   "mip_heuristic_run_rens": False})
 _STATUS = {0: OPTIMAL, 1: "limit", 2: "infeasible", 3: "unbounded", 4: "numerical"}
