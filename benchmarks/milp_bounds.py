@@ -53,19 +53,31 @@ def load(run: str | None, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor
     return model, x, y
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser_for(doc: str, *, n: int, limit_per: str) -> argparse.ArgumentParser:
+    """The arguments the MILP benchmarks share: a run folder, eps, examples, repeats, a time limit and --quick."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("run", nargs="?", help="a run folder (default: a random net, as --quick)")
     parser.add_argument("--eps", type=float, default=0.02)
-    parser.add_argument("--n", type=int, default=10, help="test examples (default 10)")
+    parser.add_argument("--n", type=int, default=n, help=f"test examples (default {n})")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per example (default 120)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--early-stop", action="store_true", help="decide the sign only, as trustlab verify does")
+    parser.add_argument("--time-limit", type=float, default=120.0, help=f"seconds per {limit_per} (default 120)")
     parser.add_argument("--quick", action="store_true", help="a random net, 4 examples, eps 0.1, 2 repeats")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The parsed arguments, with --quick's settings applied."""
     args = parser.parse_args()
     if args.quick:
         args.run, args.n, args.eps, args.repeats = None, 4, 0.1, 2
+    return args
+
+
+def main() -> None:
+    parser = parser_for(__doc__, n=10, limit_per="example")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--early-stop", action="store_true", help="decide the sign only, as trustlab verify does")
+    args = parse(parser)
     torch.set_num_threads(args.threads)
     model, x, y = load(args.run, args.n)
     threat = LpBall(args.eps)

@@ -33,9 +33,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -68,8 +69,8 @@ _CUTOFF_TOL = 1e-6  # HiGHS's feasibility tolerance, taken off a cutoff before i
 
 
 def solve_milp(program: ReluProgram, cost: np.ndarray, const: float, *, time_limit: float,
-               cutoff: float | None = None) -> RowResult:
-    """``min cost . v + const`` over the program (``integer=True``) with HiGHS.
+               cutoff: float | None = None, highs_options: Mapping[str, Any] = HIGHS_OPTIONS) -> RowResult:
+    """``min cost . v + const`` over the program (``integer=True``) with HiGHS, under ``highs_options``.
 
     ``cutoff``: search only for points with an objective below this level (HiGHS's ``objective_bound``); a search
     that ends with none proves the minimum at least ``cutoff`` (status ``cutoff``, ``lower = cutoff - 1e-6``, the
@@ -90,7 +91,7 @@ def solve_milp(program: ReluProgram, cost: np.ndarray, const: float, *, time_lim
         constraints.append(optimize.LinearConstraint(program.a_ub, -np.inf, program.b_ub))
     if program.a_eq.shape[0]:
         constraints.append(optimize.LinearConstraint(program.a_eq, program.b_eq, program.b_eq))
-    options = {"time_limit": max(float(time_limit), 1e-3), **HIGHS_OPTIONS}
+    options = {"time_limit": max(float(time_limit), 1e-3), **highs_options}
     if cutoff is not None:
         options["objective_bound"] = float(cutoff) - const
     with warnings.catch_warnings():  # SciPy warns that it passes options it does not list through to HiGHS
